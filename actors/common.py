@@ -1,0 +1,63 @@
+"""Names, placement options and logging shared by every actor.
+
+Every actor is named and detached in the runtime's namespace, so Ray's dashboard shows
+the tree by name and a restarted Supervisor (or a second driver) re-attaches to the
+same children instead of starting a second tree.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import Any
+
+import ray
+
+SUPERVISOR = "supervisor"
+DIRECTORY = "shard-directory"
+WEBCHAT = "adapter-webchat"
+
+
+def host_name(index: int) -> str:
+    return f"session-host-{index}"
+
+
+def pool_name(provider_id: str) -> str:
+    return f"provider-pool-{provider_id}"
+
+
+def child_options(name: str, namespace: str, **extra: Any) -> dict[str, Any]:
+    """Options for a supervised child: named, detached, restarted by Ray forever.
+
+    ``max_task_retries=0``: callers retry themselves, with idempotency keys, because
+    only they know which of a batch's items already came back.
+    """
+    opts: dict[str, Any] = {
+        "name": name,
+        "namespace": namespace,
+        "lifetime": "detached",
+        "get_if_exists": True,
+        "max_restarts": -1,
+        "max_task_retries": 0,
+        "num_cpus": 0,
+    }
+    opts.update(extra)
+    return opts
+
+
+def setup_logging(component: str) -> None:
+    """Log lines name the component; Ray keeps each worker's output in its log files."""
+    root = logging.getLogger()
+    if getattr(root, "_astr_ray_configured", False):
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(
+        f"%(asctime)s %(levelname)s [{component} pid={os.getpid()}] %(name)s: %(message)s"))
+    root.handlers[:] = [handler]
+    root.setLevel(os.environ.get("ASTR_RAY_LOG_LEVEL", "INFO"))
+    root._astr_ray_configured = True  # type: ignore[attr-defined]
+
+
+def get_actor(name: str, namespace: str) -> Any:
+    return ray.get_actor(name, namespace=namespace)

@@ -1,0 +1,207 @@
+"""HostRouter: how an adapter reaches the SessionHost that owns a session.
+
+    adapter ──send(event)──► HostRouter ──batch per host (window ms)──► host.handle_batch
+                                 ▲            retried on RayActorError      │
+                                 └────── replies as each completes ◄────────┘
+
+Delivery is at-least-once with the platform message id as the idempotency key: when a
+host dies mid-batch, the items that had not come back are sent again (with backoff,
+until ``deadline_s``). If the dead host had committed a turn before dying, the retry
+gets the stored reply, which this router then treats as the first delivery (it never
+reached the adapter), so the user sees exactly one reply.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from ray.exceptions import RayActorError
+
+from actors.common import DIRECTORY, get_actor
+from astr_ray.message import Event, Reply
+from astr_ray.sessions.shards import ShardTable
+
+log = logging.getLogger(__name__)
+
+try:  # Ray >= 2.30 raises this while an actor is restarting
+    from ray.exceptions import ActorUnavailableError
+    _RETRY: tuple[type[BaseException], ...] = (RayActorError, ActorUnavailableError)
+except ImportError:  # pragma: no cover
+    _RETRY = (RayActorError,)
+
+
+@dataclass
+class _Item:
+    event: dict[str, Any]
+    future: asyncio.Future[Reply]
+    first_sent: float = field(default_factory=time.monotonic)
+    attempts: int = 0
+
+
+class HostRouter:
+    def __init__(self, namespace: str, *, window_ms: float = 2.0, deadline_s: float = 60.0
+                 ) -> None:
+        self.namespace = namespace
+        self.window = window_ms / 1000
+        self.deadline_s = deadline_s
+        self.table: ShardTable | None = None
+        self._handles: dict[str, Any] = {}
+        self._pending: dict[str, list[_Item]] = {}
+        self._refreshing: asyncio.Task[None] | None = None
+        self.batches = 0
+        self.retries = 0
+
+    async def refresh(self) -> None:
+        """Fetch the shard table; concurrent callers share one fetch."""
+        if self._refreshing is None or self._refreshing.done():
+            self._refreshing = asyncio.create_task(self._refresh())
+        await asyncio.shield(self._refreshing)
+
+    async def _refresh(self) -> None:
+        directory = get_actor(DIRECTORY, self.namespace)
+        self.table = ShardTable.from_dict(await directory.table.remote())
+
+    def _handle(self, host: str) -> Any:
+        handle = self._handles.get(host)
+        if handle is None:
+            handle = self._handles[host] = get_actor(host, self.namespace)
+        return handle
+
+    async def send(self, event: Event) -> Reply:
+        """Deliver one event and return its reply (exactly one per message id)."""
+        fut: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+        await self._enqueue(_Item(event.to_dict(), fut))
+        return await fut
+
+    async def _enqueue(self, item: _Item) -> None:
+        if self.table is None:
+            await self.refresh()
+        assert self.table is not None
+        host = self.table.host_of(_key(item.event))
+        batch = self._pending.get(host)
+        if batch is None:
+            self._pending[host] = [item]
+            asyncio.get_running_loop().call_later(self.window, self._flush, host)
+        else:
+            batch.append(item)
+
+    def _flush(self, host: str) -> None:
+        items = self._pending.pop(host, [])
+        if items:
+            asyncio.ensure_future(self._run_batch(host, items))
+
+    async def _run_batch(self, host: str, items: list[_Item]) -> None:
+        assert self.table is not None
+        epoch = self.table.epoch
+        self.batches += 1
+        remaining = dict(enumerate(items))
+        reroute: list[_Item] = []
+        try:
+            gen = self._handle(host).handle_batch.remote(epoch, [it.event for it in items])
+            async for ref in gen:
+                for idx, result in await ref:
+                    item = remaining.pop(idx)
+                    if "wrong_shard" in result:
+                        reroute.append(item)
+                    elif "invalid" in result:
+                        item.future.set_exception(ValueError(result["invalid"]))
+                    else:
+                        reply = Reply.from_dict(result)
+                        if item.attempts and reply.duplicate:
+                            # Our own earlier attempt committed it but its answer was lost.
+                            reply = reply.model_copy(update={"duplicate": False})
+                        if not item.future.done():
+                            item.future.set_result(reply)
+        except _RETRY as exc:
+            log.warning("host %s unavailable (%s); retrying %d messages", host,
+                        type(exc).__name__, len(remaining))
+            await self._retry(list(remaining.values()), exc)
+            return
+        except Exception as exc:
+            log.exception("batch to %s failed", host)
+            for item in remaining.values():
+                if not item.future.done():
+                    item.future.set_exception(exc)
+            return
+        if reroute:
+            await self.refresh()
+            for item in reroute:
+                await self._enqueue(item)
+
+    async def _retry(self, items: list[_Item], exc: BaseException) -> None:
+        now = time.monotonic()
+        alive = []
+        for item in items:
+            if now - item.first_sent > self.deadline_s:
+                item.future.set_result(Reply.of_text(
+                    _key(item.event), item.event["message_id"],
+                    "Sorry, I'm restarting and couldn't answer in time. Please send that "
+                    "again.", error="unavailable"))
+            else:
+                item.attempts += 1
+                alive.append(item)
+        if not alive:
+            return
+        self.retries += len(alive)
+        delay = min(2.0, 0.2 * 2 ** min(alive[0].attempts, 4))
+        await asyncio.sleep(delay)
+        for item in alive:
+            await self._enqueue(item)
+
+    async def stream(self, event: Event) -> AsyncIterator[dict[str, Any]]:
+        """Stream one turn: ``{"chunk": text}`` items, then ``{"reply": Reply}``.
+
+        Retried like ``send`` while nothing has been streamed yet; after that a lost host
+        ends the stream with the stored reply fetched by a non-streamed retry.
+        """
+        data = event.to_dict()
+        first_sent = time.monotonic()
+        attempts = 0
+        streamed = False
+        while True:
+            if self.table is None:
+                await self.refresh()
+            assert self.table is not None
+            host = self.table.host_of(event.session_key)
+            try:
+                gen = self._handle(host).stream_turn.remote(self.table.epoch, data)
+                async for ref in gen:
+                    item = await ref
+                    if "wrong_shard" in item:
+                        await self.refresh()
+                        break
+                    if "invalid" in item:
+                        raise ValueError(item["invalid"])
+                    if "chunk" in item:
+                        streamed = True
+                        yield item
+                    else:
+                        reply = Reply.from_dict(item["reply"])
+                        if attempts and reply.duplicate:
+                            reply = reply.model_copy(update={"duplicate": False})
+                        yield {"reply": reply}
+                        return
+            except _RETRY:
+                attempts += 1
+                if time.monotonic() - first_sent > self.deadline_s:
+                    yield {"reply": Reply.of_text(
+                        event.session_key, event.message_id,
+                        "Sorry, I'm restarting and couldn't answer in time.",
+                        error="unavailable")}
+                    return
+                await asyncio.sleep(min(2.0, 0.2 * 2 ** min(attempts, 4)))
+                if streamed:
+                    reply = await self.send(event)
+                    if reply.duplicate:
+                        reply = reply.model_copy(update={"duplicate": False})
+                    yield {"reply": reply}
+                    return
+
+
+def _key(event: dict[str, Any]) -> str:
+    return f"{event['platform_id']}:{event['chat_type']}:{event['chat_id']}"

@@ -1,0 +1,209 @@
+"""SessionHost actor: hosts thousands of virtual sessions (``SessionManager``).
+
+Entry points, both async generators so replies leave as soon as they are ready:
+
+- ``handle_batch(epoch, events)`` yields lists of ``(index, reply_dict)`` in completion
+  order (items finishing together share one yield). An item whose shard this host does
+  not own at ``epoch`` comes back as ``(index, {"wrong_shard": host_epoch})``.
+- ``stream_turn(epoch, event)`` yields ``{"chunk": text}`` pieces, coalesced every
+  ``stream_flush_ms``, then ``{"reply": reply_dict}``.
+
+After Ray restarts the process (state lost), the first call brings the host up again
+from the store (``Lifecycle.ensure_started``); sessions reactivate on their next
+message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import ray
+
+from actors.common import DIRECTORY, get_actor, pool_name, setup_logging
+from astr_ray.config import Config, parse_config
+from astr_ray.errors import MessageFormatError
+from astr_ray.lifecycle import Lifecycle
+from astr_ray.message import Event, Reply
+from astr_ray.providers import PermitCache, ProviderChain, ProviderSlot, make_transport
+from astr_ray.providers.permits import Grant, Outcomes
+from astr_ray.sessions.manager import SessionManager
+from astr_ray.sessions.shards import ShardTable, shard_of
+from astr_ray.sessions.turn import TurnProcessor
+from astr_ray.store import Store
+
+log = logging.getLogger(__name__)
+
+
+@ray.remote
+class SessionHost:
+    def __init__(self, name: str, config: dict[str, Any]) -> None:
+        setup_logging(name)
+        self.name = name
+        self.cfg: Config = parse_config(config)
+        self.boot = uuid.uuid4().hex[:12]
+        self.started_at = time.time()
+        self.lifecycle = Lifecycle(name, self._on_start, self._on_stop)
+        self.table: ShardTable | None = None
+        self.owned: frozenset[int] = frozenset()
+        self._maint: asyncio.Task[None] | None = None
+
+    # -- lifecycle ----------------------------------------------------------------------
+    async def start(self) -> None:
+        await self.lifecycle.start()
+
+    async def _on_start(self) -> None:
+        ns = self.cfg.runtime.namespace
+        self.store = await Store.open(self.cfg.store_url)
+        await self._refresh_table()
+        slots = []
+        for p in self.cfg.provider_chain():
+            pool = get_actor(pool_name(p.id), ns)
+            await pool.forget.remote(self.name)  # whatever an earlier life held is free
+            slots.append(ProviderSlot(p, make_transport(p),
+                                      PermitCache(p.id, self._fetcher(pool),
+                                                  reuse=p.requests_per_minute is None)))
+        self.chain = ProviderChain(slots)
+        self.processor = TurnProcessor(self.store, self.chain, self.cfg)
+        self.manager = SessionManager(self.processor, self.cfg.sessions)
+        self._maint = asyncio.create_task(self._maintenance())
+        log.info("session host up: %d shards of %d, epoch %d", len(self.owned),
+                 self.cfg.sessions.shards, self.table.epoch if self.table else 0)
+
+    def _fetcher(self, pool: Any) -> Any:
+        name = self.name
+
+        async def fetch(want: int, release: int, outcomes: Outcomes) -> Grant:
+            grant: Grant = await pool.acquire.remote(name, want, release, outcomes)
+            return grant
+
+        return fetch
+
+    async def _on_stop(self) -> None:
+        if self._maint is not None:
+            self._maint.cancel()
+        await self.chain.close()
+        await self.store.close()
+
+    async def stop(self) -> None:
+        """Finish the turns in progress (up to 10 s), then close connections."""
+        if hasattr(self, "manager"):
+            for _ in range(100):
+                if not self.manager.mailbox_depth():
+                    break
+                await asyncio.sleep(0.1)
+        await self.lifecycle.stop()
+
+    async def _refresh_table(self) -> None:
+        directory = get_actor(DIRECTORY, self.cfg.runtime.namespace)
+        self.table = ShardTable.from_dict(await directory.table.remote())
+        self.owned = self.table.shards_of(self.name)
+
+    async def _maintenance(self) -> None:
+        while True:
+            await asyncio.sleep(0.5)
+            try:
+                self.manager.passivate_idle()
+                for slot in self.chain.slots:
+                    await slot.permits.maintain()
+            except Exception:
+                log.exception("maintenance pass failed")
+
+    # -- the message path ---------------------------------------------------------------
+    async def _check_route(self, epoch: int, key: str) -> int | None:
+        """None when this host owns the key's shard at ``epoch``; else the host's epoch."""
+        assert self.table is not None
+        if epoch > self.table.epoch:
+            await self._refresh_table()
+        if epoch < self.table.epoch:
+            return self.table.epoch
+        if shard_of(key, self.table.shards) not in self.owned:
+            return self.table.epoch
+        return None
+
+    async def _one(self, idx: int, epoch: int, data: dict[str, Any]
+                   ) -> tuple[int, dict[str, Any]]:
+        try:
+            event = Event.from_dict(data)
+        except MessageFormatError as exc:
+            return idx, {"invalid": str(exc)}
+        stale = await self._check_route(epoch, event.session_key)
+        if stale is not None:
+            return idx, {"wrong_shard": stale}
+        reply = await self.manager.submit(event)
+        return idx, reply.to_dict()
+
+    async def handle_batch(self, epoch: int, events: list[dict[str, Any]]
+                           ) -> AsyncIterator[list[tuple[int, dict[str, Any]]]]:
+        await self.lifecycle.ensure_started()
+        pending = {asyncio.create_task(self._one(i, epoch, e)) for i, e in enumerate(events)}
+        try:
+            while pending:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                if pending:  # let items finishing in the same instant share one yield
+                    more, pending = await asyncio.wait(pending, timeout=0.001)
+                    done |= more
+                yield [t.result() for t in done]
+        finally:
+            for t in pending:
+                t.cancel()
+
+    async def stream_turn(self, epoch: int, data: dict[str, Any]
+                          ) -> AsyncIterator[dict[str, Any]]:
+        await self.lifecycle.ensure_started()
+        try:
+            event = Event.from_dict(data)
+        except MessageFormatError as exc:
+            yield {"invalid": str(exc)}
+            return
+        stale = await self._check_route(epoch, event.session_key)
+        if stale is not None:
+            yield {"wrong_shard": stale}
+            return
+        pieces: list[str] = []
+
+        async def sink(piece: str) -> None:
+            pieces.append(piece)
+
+        task = asyncio.create_task(self.manager.submit(event, sink))
+        flush = self.cfg.sessions.stream_flush_ms / 1000
+        try:
+            while not task.done():
+                await asyncio.wait({task}, timeout=flush)
+                if pieces:
+                    yield {"chunk": "".join(pieces)}
+                    pieces.clear()
+            if pieces:
+                yield {"chunk": "".join(pieces)}
+            reply: Reply = task.result()
+            yield {"reply": reply.to_dict()}
+        finally:
+            if not task.done():
+                # The caller went away; the turn still completes and is committed, so a
+                # retry with the same message id gets the stored reply.
+                task.add_done_callback(lambda t: t.exception() if not t.cancelled() else None)
+
+    # -- introspection ------------------------------------------------------------------
+    async def ping(self) -> dict[str, Any]:
+        info: dict[str, Any] = {"pid": os.getpid(), "boot": self.boot,
+                                "state": self.lifecycle.state.value,
+                                "started_at": self.started_at}
+        if hasattr(self, "manager"):
+            info.update(self.manager.stats())
+            info["owned_shards"] = len(self.owned)
+            info["epoch"] = self.table.epoch if self.table else 0
+        return info
+
+    async def is_active(self, session_key: str) -> bool:
+        await self.lifecycle.ensure_started()
+        return self.manager.is_active(session_key)
+
+    async def passivate_now(self) -> int:
+        """Passivate every idle session at once (tests, drains)."""
+        await self.lifecycle.ensure_started()
+        return self.manager.passivate_idle(0.0)

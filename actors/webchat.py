@@ -1,0 +1,102 @@
+"""WebChatAdapter actor: serves the web chat app (uvicorn) and routes its messages.
+
+The app runs on this actor's event loop; each message goes through the ``HostRouter``
+to the SessionHost that owns its session, and the host's return value is the reply.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import ray
+import uvicorn
+
+from actors.common import SUPERVISOR, get_actor, setup_logging
+from actors.router import HostRouter
+from astr_ray.config import Config, parse_config
+from astr_ray.lifecycle import Lifecycle
+from astr_ray.message import Event, Reply
+from dashboard.webchat import create_app
+
+log = logging.getLogger(__name__)
+
+
+@ray.remote
+class WebChatAdapter:
+    def __init__(self, config: dict[str, Any]) -> None:
+        setup_logging("adapter-webchat")
+        self.cfg: Config = parse_config(config)
+        self.lifecycle = Lifecycle("adapter-webchat", self._on_start, self._on_stop)
+        self._server: uvicorn.Server | None = None
+        self._serve: asyncio.Task[None] | None = None
+        self._health: tuple[float, dict[str, Any]] = (0.0, {})
+        self.messages = 0
+
+    async def start(self) -> dict[str, Any]:
+        await self.lifecycle.start()
+        return await self.ping()
+
+    async def _on_start(self) -> None:
+        sess = self.cfg.sessions
+        self.router = HostRouter(self.cfg.runtime.namespace, window_ms=sess.batch_window_ms,
+                                 deadline_s=max(60.0, sess.turn_timeout_s))
+        token = self.cfg.webchat.token.get_secret_value() if self.cfg.webchat.token else ""
+        app = create_app(self, token, max_chars=self.cfg.webchat.max_message_chars)
+        config = uvicorn.Config(app, host=self.cfg.webchat.host, port=self.cfg.webchat.port,
+                                log_level="warning", access_log=False, lifespan="off",
+                                ws_max_size=1 << 20)
+        self._server = uvicorn.Server(config)
+        self._serve = asyncio.create_task(self._server.serve())
+        for _ in range(200):
+            if self._server.started or self._serve.done():
+                break
+            await asyncio.sleep(0.025)
+        if self._serve.done():
+            self._serve.result()  # raises the bind error
+        log.info("web chat on http://%s:%d", self.cfg.webchat.host, self.cfg.webchat.port)
+
+    async def _on_stop(self) -> None:
+        if self._server is not None:
+            self._server.should_exit = True
+            if self._serve is not None:
+                await asyncio.wait({self._serve}, timeout=5)
+
+    async def stop(self) -> None:
+        await self.lifecycle.stop()
+
+    async def ping(self) -> dict[str, Any]:
+        if self.lifecycle.state.value == "new":
+            # Ray restarted this process: bring the server back without the supervisor.
+            await self.lifecycle.ensure_started()
+        return {"pid": os.getpid(), "state": self.lifecycle.state.value,
+                "port": self.cfg.webchat.port, "messages": self.messages,
+                "batches": getattr(getattr(self, "router", None), "batches", 0),
+                "retries": getattr(getattr(self, "router", None), "retries", 0)}
+
+    # -- ChatBackend ------------------------------------------------------------------
+    async def send(self, event: Event) -> Reply:
+        self.messages += 1
+        return await self.router.send(event)
+
+    async def stream(self, event: Event) -> AsyncIterator[dict[str, Any]]:
+        self.messages += 1
+        async for item in self.router.stream(event):
+            yield item
+
+    async def health(self) -> dict[str, Any]:
+        """The Supervisor's view of the tree, cached for a second."""
+        at, info = self._health
+        if time.monotonic() - at < 1.0 and info:
+            return info
+        try:
+            sup = get_actor(SUPERVISOR, self.cfg.runtime.namespace)
+            status = await asyncio.wait_for(sup.health.remote(), timeout=5)
+        except Exception as exc:
+            status = {"ok": False, "error": f"supervisor unreachable: {type(exc).__name__}"}
+        self._health = (time.monotonic(), status)
+        return status

@@ -1,0 +1,321 @@
+"""Configuration: pydantic models for every setting, loaded from one YAML file.
+
+Every key has a default, so an empty file is a working single-node config. Secrets
+(API keys, tokens) are ``SecretStr`` and may be written as ``${ENV_VAR}`` (or
+``${ENV_VAR:-default}``) to come from the environment. A bad file is refused with the
+dotted path of the bad key and the reason (``ConfigError``), never a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+
+from astr_ray.errors import ConfigError
+
+__all__ = [
+    "DEFAULT_CONFIG_PATH",
+    "Config",
+    "DashboardConfig",
+    "ProviderConfig",
+    "RuntimeConfig",
+    "SessionsConfig",
+    "StoreConfig",
+    "WebChatConfig",
+    "default_config_text",
+    "load_config",
+    "parse_config",
+    "write_default_config",
+]
+
+DEFAULT_CONFIG_PATH = Path("data/config.yaml")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+class StoreConfig(_Section):
+    """Where conversations live. Empty ``url`` means SQLite under the data directory."""
+
+    url: str = ""
+
+
+class ProviderConfig(_Section):
+    """One LLM provider. ``model`` is a litellm model string (``openai/<name>`` for any
+    OpenAI-compatible server at ``api_base``)."""
+
+    id: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    model: str = Field(min_length=1)
+    api_base: str | None = None
+    api_key: SecretStr | None = None
+    transport: Literal["auto", "native", "litellm"] = "auto"
+    max_concurrency: int = Field(default=64, ge=1, le=10_000)
+    requests_per_minute: int | None = Field(default=None, ge=1)
+    timeout_s: float = Field(default=60.0, gt=0)
+    max_retries: int = Field(default=2, ge=0, le=10)
+    backoff_s: float = Field(default=0.5, ge=0)
+    max_backoff_s: float = Field(default=10.0, ge=0)
+    failure_threshold: int = Field(default=3, ge=1)
+    cooldown_s: float = Field(default=15.0, ge=0)
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    max_tokens: int | None = Field(default=None, ge=1)
+    enabled: bool = True
+
+
+class SessionsConfig(_Section):
+    """Virtual sessions: how many hosts, how many shards, when sessions are passivated."""
+
+    hosts: int = Field(default=2, ge=1, le=256)
+    shards: int = Field(default=1024, ge=1, le=65_536)
+    idle_timeout_s: float = Field(default=600.0, gt=0)
+    max_active_per_host: int = Field(default=10_000, ge=1)
+    mailbox_size: int = Field(default=32, ge=1)
+    history_turns: int = Field(default=50, ge=1, description="turns sent to the LLM")
+    turn_timeout_s: float = Field(default=180.0, gt=0)
+    batch_window_ms: float = Field(default=2.0, ge=0, le=100)
+    stream_flush_ms: float = Field(default=80.0, ge=0)
+
+
+class WebChatConfig(_Section):
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(default=6186, ge=0, le=65_535)
+    token: SecretStr | None = None
+    max_message_chars: int = Field(default=16_000, ge=1)
+
+
+class DashboardConfig(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(default=6185, ge=0, le=65_535)
+
+
+class RuntimeConfig(_Section):
+    namespace: str = Field(default="astr-ray", min_length=1)
+    supervise_interval_s: float = Field(default=1.0, gt=0)
+    restart_backoff_s: float = Field(default=1.0, gt=0)
+    restart_backoff_max_s: float = Field(default=60.0, gt=0)
+    ray_dashboard_port: int = Field(default=8265, ge=0, le=65_535)
+
+
+class Config(_Section):
+    """The whole configuration. ``data_dir`` is where SQLite and plugins live."""
+
+    data_dir: Path = Path("data")
+    bot_name: str = "astr-ray"
+    system_prompt: str = "You are a helpful assistant."
+    providers: list[ProviderConfig] = Field(default_factory=list)
+    fallback: list[str] = Field(default_factory=list, description="provider ids in order")
+    store: StoreConfig = Field(default_factory=StoreConfig)
+    sessions: SessionsConfig = Field(default_factory=SessionsConfig)
+    webchat: WebChatConfig = Field(default_factory=WebChatConfig)
+    dashboard: DashboardConfig = Field(default_factory=DashboardConfig)
+    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
+
+    @model_validator(mode="after")
+    def _check_providers(self) -> Config:
+        ids = [p.id for p in self.providers]
+        seen: set[str] = set()
+        for i, pid in enumerate(ids):
+            if pid in seen:
+                raise _KeyError(f"providers[{i}].id", f"duplicate provider id {pid!r}")
+            seen.add(pid)
+        for i, pid in enumerate(self.fallback):
+            if pid not in seen:
+                raise _KeyError(f"fallback[{i}]", f"unknown provider id {pid!r}")
+        return self
+
+    @property
+    def store_url(self) -> str:
+        return self.store.url or f"sqlite+aiosqlite:///{(self.data_dir / 'astr_ray.db').resolve()}"
+
+    def provider_chain(self) -> list[ProviderConfig]:
+        """Enabled providers in fallback order: ``fallback`` first, then the rest as listed."""
+        by_id = {p.id: p for p in self.providers if p.enabled}
+        order = [pid for pid in self.fallback if pid in by_id]
+        order += [p.id for p in self.providers if p.enabled and p.id not in order]
+        return [by_id[pid] for pid in order]
+
+    def to_transport(self) -> dict[str, Any]:
+        """A dict that rebuilds this config in another process, secrets included.
+
+        Only for passing between our own actors; never log or serve it.
+        """
+        data = self.model_dump(mode="python")
+        return _reveal(data)
+
+
+class _KeyError(ValueError):
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(reason)
+        self.path = path
+        self.reason = reason
+
+
+def _reveal(value: Any) -> Any:
+    if isinstance(value, SecretStr):
+        return value.get_secret_value()
+    if isinstance(value, dict):
+        return {k: _reveal(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_reveal(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*?))?\}")
+
+
+def _expand_env(value: Any, path: str) -> Any:
+    """Replace ``${NAME}`` / ``${NAME:-default}`` in strings; unknown names are an error."""
+    if isinstance(value, str):
+
+        def sub(m: re.Match[str]) -> str:
+            name, default = m.group(1), m.group(2)
+            if name in os.environ:
+                return os.environ[name]
+            if default is not None:
+                return default
+            raise ConfigError(f"environment variable {name} is not set", path=path)
+
+        return _ENV_REF.sub(sub, value)
+    if isinstance(value, dict):
+        return {k: _expand_env(v, f"{path}.{k}" if path else str(k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_expand_env(v, f"{path}[{i}]") for i, v in enumerate(value)]
+    return value
+
+
+def _loc_to_path(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def parse_config(data: Any, *, source: str = "<config>") -> Config:
+    """Validate a loaded YAML document; raise ``ConfigError`` with the first bad key's path."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError("the config must be a mapping of keys to values", path="<root>",
+                          file=source)
+    data = _expand_env(data, "")
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        ctx_error = err.get("ctx", {}).get("error")
+        if isinstance(ctx_error, _KeyError):
+            raise ConfigError(ctx_error.reason, path=ctx_error.path, file=source) from None
+        path = _loc_to_path(tuple(err["loc"])) or "<root>"
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key (check the spelling; see `astr-ray init` for every key)"
+        raise ConfigError(msg, path=path, file=source) from None
+
+
+def load_config(path: Path | str = DEFAULT_CONFIG_PATH) -> Config:
+    """Load and validate the YAML file at ``path``; a missing file gives the defaults."""
+    p = Path(path)
+    if not p.exists():
+        return parse_config({}, source=str(p))
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "<yaml>"
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"not valid YAML: {problem}", path=where, file=str(p)) from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config: {exc.strerror}", file=str(p)) from None
+    cfg = parse_config(data, source=str(p))
+    if not cfg.data_dir.is_absolute():
+        # A relative data_dir is relative to the folder that holds data/config.yaml's parent,
+        # i.e. where the user runs astr-ray; keep it as given but absolute for actors.
+        cfg = cfg.model_copy(update={"data_dir": cfg.data_dir.resolve()})
+    return cfg
+
+
+_TEMPLATE = """\
+# astr-ray configuration. Every key is optional; the values below are the defaults
+# unless marked "example". Secrets may be written as ${ENV_VAR} or ${ENV_VAR:-default}.
+
+# Where the SQLite database (and later plugins, knowledge bases) live.
+data_dir: data
+bot_name: astr-ray
+system_prompt: You are a helpful assistant.
+
+# LLM providers, tried in `fallback` order (then in the order listed here).
+# `model` is a litellm model string; `openai/<name>` talks to any OpenAI-compatible
+# server at `api_base` (Ollama, vLLM, LM Studio, OpenAI itself...).
+providers: []
+#  - id: local                          # example
+#    model: openai/qwen2.5:7b
+#    api_base: http://127.0.0.1:11434/v1
+#    api_key: ${OPENAI_API_KEY:-none}
+#    transport: auto                    # auto | native | litellm
+#    max_concurrency: 64                # calls in flight at once, all hosts together
+#    requests_per_minute: null          # rate limit, null = none
+#    timeout_s: 60
+#    max_retries: 2                     # on 429 / 5xx / time-outs, honouring Retry-After
+fallback: []                            # e.g. [local, openai]
+
+store:
+  url: ""            # empty: SQLite in data_dir; or postgresql+asyncpg://user:pw@host/db
+
+sessions:
+  hosts: 2                   # SessionHost actors (one or two per 2-core node)
+  shards: 1024               # fixed number of session shards
+  idle_timeout_s: 600        # passivate a session idle this long
+  max_active_per_host: 10000 # LRU cap of live sessions per host
+  mailbox_size: 32           # queued messages per session before "busy"
+  history_turns: 50          # turns of history sent to the LLM
+  turn_timeout_s: 180
+  batch_window_ms: 2         # adapter->host batching window under load
+  stream_flush_ms: 80        # coalesce streamed tokens into chunks this often
+
+webchat:
+  enabled: true
+  host: 127.0.0.1
+  port: 6186
+  token: "{token}"           # required by the web chat API and `astr-ray chat`
+  max_message_chars: 16000
+
+dashboard:
+  host: 127.0.0.1
+  port: 6185
+
+runtime:
+  namespace: astr-ray
+  supervise_interval_s: 1
+  restart_backoff_s: 1
+  restart_backoff_max_s: 60
+  ray_dashboard_port: 8265
+"""
+
+
+def default_config_text(token: str | None = None) -> str:
+    """The commented default config, with a fresh random web chat token."""
+    return _TEMPLATE.replace("{token}", token or secrets.token_urlsafe(24))
+
+
+def write_default_config(path: Path | str = DEFAULT_CONFIG_PATH, *, force: bool = False) -> Path:
+    """Write the default config; refuses to overwrite an existing file unless ``force``."""
+    p = Path(path)
+    if p.exists() and not force:
+        raise ConfigError("config file exists already (use --force to overwrite)", file=str(p))
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(default_config_text(), encoding="utf-8")
+    p.chmod(0o600)
+    return p

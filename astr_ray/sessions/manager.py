@@ -1,0 +1,165 @@
+"""Virtual sessions: many sessions inside one host, each a mailbox processing one turn
+at a time (Orleans grains / Akka cluster sharding; see DESIGN.md).
+
+    submit(event) ──► mailbox of event.session_key ──► worker (one turn at a time)
+                         │ activated on first message: LiveSession loaded from the store
+                         │ passivated when idle > idle_timeout_s, or LRU-evicted past
+                         │ max_active_per_host (only when idle: never mid-turn)
+
+A session's worker task exists only while its mailbox has work, so an idle active
+session costs its cached history and nothing else. A full mailbox answers "busy"
+(backpressure) instead of queueing without bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import OrderedDict, deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from astr_ray.config import SessionsConfig
+from astr_ray.errors import AstrRayError
+from astr_ray.message import Event, Reply
+from astr_ray.sessions.turn import LiveSession, TurnProcessor
+
+__all__ = ["SessionManager"]
+
+log = logging.getLogger(__name__)
+
+ChunkSink = Callable[[str], Awaitable[None]]
+
+
+@dataclass
+class _Mailbox:
+    key: str
+    queue: deque[tuple[Event, ChunkSink | None, asyncio.Future[Reply]]] = field(
+        default_factory=deque)
+    live: LiveSession | None = None
+    worker: asyncio.Task[None] | None = None
+    last_active: float = field(default_factory=time.monotonic)
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.queue) or (self.worker is not None and not self.worker.done())
+
+
+class SessionManager:
+    def __init__(self, processor: TurnProcessor, cfg: SessionsConfig,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.processor = processor
+        self.cfg = cfg
+        self.clock = clock
+        self.sessions: OrderedDict[str, _Mailbox] = OrderedDict()
+        self.activations = 0
+        self.passivations = 0
+        self.turns = 0
+        self.busy_refusals = 0
+
+    @property
+    def active(self) -> int:
+        return len(self.sessions)
+
+    def mailbox_depth(self) -> int:
+        return sum(len(b.queue) for b in self.sessions.values())
+
+    async def submit(self, event: Event, on_chunk: ChunkSink | None = None) -> Reply:
+        """Queue the event in its session's mailbox and wait for the reply.
+
+        Turns of one session run in arrival order, one at a time; different sessions
+        run concurrently. A full mailbox gets a "busy" reply at once.
+        """
+        key = event.session_key
+        box = self.sessions.get(key)
+        if box is None:
+            box = _Mailbox(key)
+            self.sessions[key] = box
+            self._evict_over_cap()
+        else:
+            self.sessions.move_to_end(key)
+        if len(box.queue) >= self.cfg.mailbox_size:
+            self.busy_refusals += 1
+            return Reply.of_text(key, event.message_id,
+                                 "I'm still working on your earlier messages; please wait "
+                                 "a moment and send this again.", error="busy")
+        fut: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+        box.queue.append((event, on_chunk, fut))
+        box.last_active = self.clock()
+        if box.worker is None or box.worker.done():
+            box.worker = asyncio.create_task(self._work(box))
+        return await fut
+
+    async def _work(self, box: _Mailbox) -> None:
+        while box.queue:
+            event, on_chunk, fut = box.queue[0]
+            try:
+                if box.live is None:
+                    box.live = await self.processor.load(box.key)
+                    self.activations += 1
+                reply = await asyncio.wait_for(
+                    self.processor.process(box.live, event, on_chunk),
+                    self.cfg.turn_timeout_s)
+            except TimeoutError:
+                log.error("turn timed out session=%s event=%s", box.key, event.message_id)
+                reply = Reply.of_text(box.key, event.message_id,
+                                      "Sorry, that took too long. Please try again.",
+                                      error="timeout")
+            except AstrRayError as exc:
+                log.error("turn failed session=%s event=%s: %s", box.key, event.message_id,
+                          exc)
+                reply = Reply.of_text(box.key, event.message_id,
+                                      "Sorry, something went wrong on my side. Please try "
+                                      "again.", error="internal")
+                box.live = None  # reload from the store on the next turn
+            except Exception:
+                log.exception("turn crashed session=%s event=%s", box.key, event.message_id)
+                reply = Reply.of_text(box.key, event.message_id,
+                                      "Sorry, something went wrong on my side. Please try "
+                                      "again.", error="internal")
+                box.live = None
+            box.queue.popleft()
+            self.turns += 1
+            box.last_active = self.clock()
+            if not fut.done():
+                fut.set_result(reply)
+
+    def _evict_over_cap(self) -> None:
+        excess = len(self.sessions) - self.cfg.max_active_per_host
+        if excess <= 0:
+            return
+        for key in list(self.sessions):
+            if excess <= 0:
+                break
+            if not self.sessions[key].busy:
+                del self.sessions[key]
+                self.passivations += 1
+                excess -= 1
+
+    def passivate_idle(self, idle_s: float | None = None) -> int:
+        """Drop sessions idle longer than ``idle_s`` (default: the configured timeout)
+        and not mid-turn; returns how many were dropped. Their state is in the store."""
+        cutoff = self.clock() - (self.cfg.idle_timeout_s if idle_s is None else idle_s)
+        dropped = 0
+        for key in list(self.sessions):
+            box = self.sessions[key]
+            if box.last_active <= cutoff and not box.busy:
+                del self.sessions[key]
+                dropped += 1
+        self.passivations += dropped
+        return dropped
+
+    def is_active(self, key: str) -> bool:
+        return key in self.sessions
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "active_sessions": self.active,
+            "mailbox_depth": self.mailbox_depth(),
+            "activations": self.activations,
+            "passivations": self.passivations,
+            "turns": self.turns,
+            "busy_refusals": self.busy_refusals,
+        }

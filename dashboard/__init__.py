@@ -1,0 +1,1 @@
+"""Starlette apps: the web chat API now, the dashboard console later."""

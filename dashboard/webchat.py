@@ -1,0 +1,169 @@
+"""The web chat API: HTTP and WebSocket endpoints over a ``ChatBackend``.
+
+    GET  /health           no token; 200 when the actor tree is up, 503 otherwise
+    POST /api/chat         {"session", "text", "message_id"?} -> {"reply", ...}
+    WS   /ws/chat          client: {"type": "message", "session", "text", "message_id"?}
+                           server: {"type": "chunk", "message_id", "text"} ...
+                                   {"type": "reply", "message_id", "text", "duplicate",
+                                    "error"}  |  {"type": "error", "message"}
+
+Everything but ``/health`` needs the web chat token: ``Authorization: Bearer <token>``,
+or ``?token=`` on the WebSocket (browsers cannot set headers there). A message id sent
+again returns the same reply marked ``duplicate`` instead of a second answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import re
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any, Protocol
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from astr_ray.message import ChatType, Event, Reply, Sender, Text
+
+__all__ = ["PLATFORM_ID", "ChatBackend", "create_app"]
+
+log = logging.getLogger(__name__)
+
+PLATFORM_ID = "webchat"
+_SESSION = re.compile(r"^[A-Za-z0-9_.@-]{1,128}$")
+_MESSAGE_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
+MAX_BODY = 256 * 1024
+
+
+class ChatBackend(Protocol):
+    async def send(self, event: Event) -> Reply: ...
+
+    def stream(self, event: Event) -> AsyncIterator[dict[str, Any]]: ...
+
+    async def health(self) -> dict[str, Any]: ...
+
+
+class BadRequest(ValueError):
+    pass
+
+
+def _event(data: Any, max_chars: int) -> Event:
+    if not isinstance(data, dict):
+        raise BadRequest("body must be a JSON object")
+    session = data.get("session", "default")
+    text = data.get("text")
+    message_id = data.get("message_id") or uuid.uuid4().hex
+    if not isinstance(session, str) or not _SESSION.match(session):
+        raise BadRequest("session must be 1-128 characters of letters, digits, _ . @ -")
+    if not isinstance(text, str) or not text.strip():
+        raise BadRequest("text must be a non-empty string")
+    if len(text) > max_chars:
+        raise BadRequest(f"text is longer than {max_chars} characters")
+    if not isinstance(message_id, str) or not _MESSAGE_ID.match(message_id):
+        raise BadRequest("message_id must be 1-128 characters of letters, digits, _ . : -")
+    return Event(platform_id=PLATFORM_ID, chat_type=ChatType.PRIVATE, chat_id=session,
+                 sender=Sender(id=session), message_id=message_id,
+                 components=(Text(text=text),))
+
+
+def _reply_json(reply: Reply) -> dict[str, Any]:
+    return {"type": "reply", "session_key": reply.session_key, "message_id": reply.event_id,
+            "text": reply.text, "duplicate": reply.duplicate, "error": reply.error}
+
+
+def create_app(backend: ChatBackend, token: str, *, max_chars: int = 16_000) -> Starlette:
+    if not token:
+        raise ValueError("the web chat needs a token (run `astr-ray init`)")
+    expected = token.encode()
+
+    def authorized(supplied: str | None) -> bool:
+        return supplied is not None and hmac.compare_digest(supplied.encode(), expected)
+
+    def bearer(request: Request) -> str | None:
+        auth = request.headers.get("authorization", "")
+        return auth[7:] if auth.lower().startswith("bearer ") else None
+
+    async def health(request: Request) -> Response:
+        info = await backend.health()
+        return JSONResponse(info, status_code=200 if info.get("ok") else 503)
+
+    async def chat(request: Request) -> Response:
+        if not authorized(bearer(request)):
+            return JSONResponse({"error": "missing or wrong token"}, status_code=401)
+        body = await request.body()
+        if len(body) > MAX_BODY:
+            return JSONResponse({"error": "request body too large"}, status_code=413)
+        try:
+            event = _event(json.loads(body or b"null"), max_chars)
+        except (ValueError, BadRequest) as exc:
+            msg = str(exc) if isinstance(exc, BadRequest) else "body is not valid JSON"
+            return JSONResponse({"error": msg}, status_code=400)
+        reply = await backend.send(event)
+        return JSONResponse(_reply_json(reply))
+
+    async def ws_chat(ws: WebSocket) -> None:
+        supplied = ws.query_params.get("token")
+        if supplied is None:
+            auth = ws.headers.get("authorization", "")
+            supplied = auth[7:] if auth.lower().startswith("bearer ") else None
+        if not authorized(supplied):
+            await ws.close(code=4401, reason="missing or wrong token")
+            return
+        await ws.accept()
+        send_lock = asyncio.Lock()
+        tasks: set[asyncio.Task[None]] = set()
+
+        async def send(obj: dict[str, Any]) -> None:
+            async with send_lock:
+                await ws.send_text(json.dumps(obj))
+
+        async def turn(event: Event) -> None:
+            try:
+                async for item in backend.stream(event):
+                    if "chunk" in item:
+                        await send({"type": "chunk", "message_id": event.message_id,
+                                    "text": item["chunk"]})
+                    else:
+                        await send(_reply_json(item["reply"]))
+            except (WebSocketDisconnect, RuntimeError):
+                pass  # the client left; the turn is committed and can be fetched again
+            except Exception:
+                log.exception("web chat turn failed event=%s", event.message_id)
+                await send({"type": "error", "message_id": event.message_id,
+                            "message": "internal error"})
+
+        try:
+            while True:
+                raw = await ws.receive_text()
+                if len(raw) > MAX_BODY:
+                    await send({"type": "error", "message": "message too large"})
+                    continue
+                try:
+                    data = json.loads(raw)
+                    if not isinstance(data, dict) or data.get("type", "message") != "message":
+                        raise BadRequest("expected {\"type\": \"message\", ...}")
+                    event = _event(data, max_chars)
+                except (ValueError, BadRequest) as exc:
+                    msg = str(exc) if isinstance(exc, BadRequest) else "not valid JSON"
+                    await send({"type": "error", "message": msg})
+                    continue
+                task = asyncio.create_task(turn(event))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+        except WebSocketDisconnect:
+            pass
+        finally:
+            for task in tasks:
+                task.cancel()
+
+    return Starlette(routes=[
+        Route("/health", health, methods=["GET"]),
+        Route("/api/chat", chat, methods=["POST"]),
+        WebSocketRoute("/ws/chat", ws_chat),
+    ])

@@ -1,0 +1,191 @@
+"""A fake OpenAI-compatible chat-completions server for tests and benchmarks.
+
+It answers ``POST /v1/chat/completions`` (plain JSON or SSE streaming) with a reply that
+is a pure function of the request, so a test can check that history reached the model:
+
+    "echo: <last user text> (turn <number of user messages>)"
+
+Behaviour can be scripted per request (``script``: status codes, headers, delays) or
+switched as a whole (``mode``: "ok", "down" answering 503, "hang"). Requests are
+recorded (bounded) for assertions. Run it in a thread of the test process
+(``FakeLLM.start()``) or as its own process for benchmarks::
+
+    python -m tests.peers.openai_server --port 18080 --latency 0.5
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+
+@dataclass
+class Scripted:
+    """One scripted answer: an HTTP status with optional headers and body."""
+
+    status: int
+    headers: dict[str, str] = field(default_factory=dict)
+    body: dict[str, Any] | None = None
+
+
+class FakeLLM:
+    def __init__(self, *, latency: float = 0.0, model_tag: str = "fake", record: int = 1000):
+        self.latency = latency
+        self.model_tag = model_tag
+        self.mode = "ok"
+        self.script: deque[Scripted] = deque()
+        self.requests: deque[dict[str, Any]] = deque(maxlen=record or None)
+        self.record = record > 0
+        self.calls = 0
+        self.port = 0
+        self._runner: web.AppRunner | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+
+    # -- control -------------------------------------------------------------------
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def reset(self) -> None:
+        self.mode = "ok"
+        self.script.clear()
+        self.requests.clear()
+        self.calls = 0
+
+    def user_turns(self) -> list[list[str]]:
+        """For each recorded request, the user texts it carried (oldest first)."""
+        return [
+            [m["content"] for m in r["messages"] if m.get("role") == "user"]
+            for r in self.requests
+        ]
+
+    # -- server --------------------------------------------------------------------
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", self._completions)
+        app.router.add_get("/v1/models", self._models)
+        return app
+
+    async def _models(self, request: web.Request) -> web.Response:
+        return web.json_response({"object": "list", "data": [{"id": self.model_tag}]})
+
+    async def _completions(self, request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        self.calls += 1
+        if self.record:
+            self.requests.append(body)
+        if self.script:
+            step = self.script.popleft()
+            if step.status != 200:
+                return web.json_response(
+                    step.body or {"error": {"message": f"scripted {step.status}"}},
+                    status=step.status, headers=step.headers,
+                )
+        if self.mode == "down":
+            return web.json_response({"error": {"message": "service down"}}, status=503)
+        if self.mode == "hang":
+            await asyncio.sleep(3600)
+        if self.latency:
+            await asyncio.sleep(self.latency)
+        content = self.answer(body)
+        if body.get("stream"):
+            return await self._stream(request, body, content)
+        return web.json_response(_completion(body, content))
+
+    def answer(self, body: dict[str, Any]) -> str:
+        users = [m for m in body.get("messages", []) if m.get("role") == "user"]
+        last = users[-1]["content"] if users else ""
+        if isinstance(last, list):  # content parts
+            last = " ".join(p.get("text", "") for p in last if isinstance(p, dict))
+        return f"echo: {last} (turn {len(users)})"
+
+    async def _stream(
+        self, request: web.Request, body: dict[str, Any], content: str
+    ) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        words = content.split(" ")
+        for i, word in enumerate(words):
+            piece = word if i == 0 else " " + word
+            chunk = {
+                "id": "chatcmpl-fake", "object": "chat.completion.chunk",
+                "created": int(time.time()), "model": body.get("model", self.model_tag),
+                "choices": [{"index": 0, "delta": {"role": "assistant", "content": piece},
+                             "finish_reason": None}],
+            }
+            await resp.write(f"data: {json.dumps(chunk)}\n\n".encode())
+        final = {
+            "id": "chatcmpl-fake", "object": "chat.completion.chunk",
+            "created": int(time.time()), "model": body.get("model", self.model_tag),
+            "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
+        }
+        await resp.write(f"data: {json.dumps(final)}\n\n".encode())
+        await resp.write(b"data: [DONE]\n\n")
+        await resp.write_eof()
+        return resp
+
+    # -- lifecycle in a background thread -----------------------------------------------
+    def start(self, port: int = 0) -> FakeLLM:
+        ready = threading.Event()
+
+        def run() -> None:
+            loop = asyncio.new_event_loop()
+            self._loop = loop
+            asyncio.set_event_loop(loop)
+            self._runner = web.AppRunner(self.app(), access_log=None)
+            loop.run_until_complete(self._runner.setup())
+            site = web.TCPSite(self._runner, "127.0.0.1", port)
+            loop.run_until_complete(site.start())
+            self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+            ready.set()
+            loop.run_forever()
+            loop.run_until_complete(self._runner.cleanup())
+            loop.close()
+
+        self._thread = threading.Thread(target=run, name="fake-llm", daemon=True)
+        self._thread.start()
+        if not ready.wait(10):
+            raise RuntimeError("fake LLM did not start")
+        return self
+
+    def stop(self) -> None:
+        if self._loop is not None and self._thread is not None:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(10)
+            self._loop = None
+
+
+def _completion(body: dict[str, Any], content: str) -> dict[str, Any]:
+    prompt_tokens = sum(len(str(m.get("content", "")).split()) for m in body.get("messages", []))
+    completion_tokens = len(content.split())
+    return {
+        "id": "chatcmpl-fake", "object": "chat.completion", "created": int(time.time()),
+        "model": body.get("model", "fake"),
+        "choices": [{"index": 0, "finish_reason": "stop",
+                     "message": {"role": "assistant", "content": content}}],
+        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                  "total_tokens": prompt_tokens + completion_tokens},
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--port", type=int, default=18080)
+    parser.add_argument("--latency", type=float, default=0.0)
+    args = parser.parse_args()
+    fake = FakeLLM(latency=args.latency, record=0)
+    web.run_app(fake.app(), host="127.0.0.1", port=args.port, access_log=None,
+                print=lambda *_: print(f"fake LLM on {args.port}", flush=True))
+
+
+if __name__ == "__main__":
+    main()
