@@ -59,9 +59,9 @@ def tree_status(namespace: str, *, timeout: float = 30) -> dict[str, Any]:
     return status
 
 
-def stop_tree(namespace: str, *, timeout: float = 60) -> None:
+def stop_tree(namespace: str, *, timeout: float = 60, handle: Any = None) -> None:
     """Drain and stop every child, then the Supervisor itself."""
-    sup = find_supervisor(namespace)
+    sup = handle if handle is not None else find_supervisor(namespace)
     try:
         ray.get(sup.shutdown.remote(), timeout=timeout)
     finally:

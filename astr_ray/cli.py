@@ -73,8 +73,9 @@ def cmd_dev(args: argparse.Namespace) -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_term)
+    sup = None
     try:
-        _, status = runtime.start_tree(cfg)
+        sup, status = runtime.start_tree(cfg)
         _print_where(cfg, info)
         _print_status(status, brief=True)
         print("Ctrl-C stops everything.", flush=True)
@@ -82,13 +83,16 @@ def cmd_dev(args: argparse.Namespace) -> int:
             time.sleep(3600)
     except KeyboardInterrupt:
         stopping = True
-        print("\nstopping...", flush=True)
     finally:
+        # A second Ctrl-C must not cut the drain short.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         import ray
 
-        if stopping:
+        if stopping and sup is not None:
+            print("\nstopping (draining sessions)...", flush=True)
             try:
-                runtime.stop_tree(cfg.runtime.namespace)
+                runtime.stop_tree(cfg.runtime.namespace, handle=sup)
             except Exception as exc:
                 print(f"stop: {exc}", file=sys.stderr)
         ray.shutdown()

@@ -37,8 +37,10 @@ class Scripted:
 
 
 class FakeLLM:
-    def __init__(self, *, latency: float = 0.0, model_tag: str = "fake", record: int = 1000):
+    def __init__(self, *, latency: float = 0.0, model_tag: str = "fake", record: int = 1000,
+                 stream_delay: float = 0.0):
         self.latency = latency
+        self.stream_delay = stream_delay
         self.model_tag = model_tag
         self.mode = "ok"
         self.script: deque[Scripted] = deque()
@@ -57,6 +59,7 @@ class FakeLLM:
 
     def reset(self) -> None:
         self.mode = "ok"
+        self.stream_delay = 0.0
         self.script.clear()
         self.requests.clear()
         self.calls = 0
@@ -123,6 +126,8 @@ class FakeLLM:
                              "finish_reason": None}],
             }
             await resp.write(f"data: {json.dumps(chunk)}\n\n".encode())
+            if self.stream_delay:
+                await asyncio.sleep(self.stream_delay)
         final = {
             "id": "chatcmpl-fake", "object": "chat.completion.chunk",
             "created": int(time.time()), "model": body.get("model", self.model_tag),

@@ -1,0 +1,294 @@
+"""The actor tree end to end: web chat -> router -> SessionHost -> fake LLM -> reply.
+
+Real Ray, real sockets on 127.0.0.1, a real SQLite file, SIGKILLed processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+import uuid
+from typing import Any
+
+import pytest
+
+from astr_ray.store import Store
+from tests.conftest import ChatClient, Runtime, new_session
+from tests.peers.openai_server import FakeLLM, Scripted
+
+
+async def _wait_for(predicate: Any, timeout: float = 20.0, interval: float = 0.2) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        result = await predicate()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(interval)
+
+
+async def _messages(rt: Runtime, session: str) -> list[tuple[str, str]]:
+    """(role, content) of the session's current conversation, read from the store."""
+    store = await Store.open(rt.cfg.store_url)
+    try:
+        state = await store.ensure_session(f"webchat:private:{session}")
+        return [(m.role, m.content) for m in await store.load_history(state.conversation_id)]
+    finally:
+        await store.close()
+
+
+async def test_streamed_conversation_carries_history(chat: ChatClient, fake_llm: FakeLLM) -> None:
+    fake_llm.stream_delay = 0.03  # words arrive over ~0.2 s, so several chunks reach us
+    s = new_session()
+    turns = await chat.ws_turns(s, ["hello there my friend", "and what did I say first"])
+    first, second = turns
+    assert first["reply"]["text"] == "echo: hello there my friend (turn 1)"
+    assert len(first["chunks"]) >= 2, "the answer should arrive in several coalesced chunks"
+    assert "".join(first["chunks"]) == first["reply"]["text"]
+    assert second["reply"]["text"] == "echo: and what did I say first (turn 2)"
+    # The second request to the model carried the first turn.
+    last_request = fake_llm.requests[-1]["messages"]
+    assert [m["role"] for m in last_request] == ["system", "user", "assistant", "user"]
+    assert last_request[1]["content"] == "hello there my friend"
+    assert await _messages(chat.rt, s) == [
+        ("user", "hello there my friend"), ("assistant", first["reply"]["text"]),
+        ("user", "and what did I say first"), ("assistant", second["reply"]["text"]),
+    ]
+
+
+async def test_sigkill_of_session_host_keeps_history_and_is_logged(chat: ChatClient) -> None:
+    rt = chat.rt
+    s = new_session()
+    assert (await chat.ask(s, "one"))["text"] == "echo: one (turn 1)"
+    assert (await chat.ask(s, "two"))["text"] == "echo: two (turn 2)"
+    name, host = await rt.host_of(f"webchat:private:{s}")
+    pid = (await host.ping.remote())["pid"]
+    os.kill(pid, signal.SIGKILL)
+    reply = await chat.ask(s, "three")
+    assert reply["text"] == "echo: three (turn 3)", "history must survive the host's death"
+    assert reply["error"] is None
+    assert (await host.ping.remote())["pid"] != pid
+
+    async def logged() -> bool:
+        status = await rt.status()
+        return any(e["actor"] == name and e["kind"] == "restarted" and str(pid) in e["reason"]
+                   for e in status["restart_log"])
+
+    await _wait_for(logged)
+    status = await rt.status()
+    entry = next(a for a in status["actors"] if a["name"] == name)
+    assert entry["restarts"] >= 1 and entry["state"] == "alive"
+
+
+async def test_kill_during_a_turn_loses_nothing_and_doubles_nothing(
+        chat: ChatClient, fake_llm: FakeLLM) -> None:
+    """SIGKILL the host while 10 sessions wait on a slow model: every message gets
+    exactly one reply and is stored exactly once."""
+    rt = chat.rt
+    sessions = [new_session() for _ in range(10)]
+    fake_llm.latency = 1.0
+    host_name, host = await rt.host_of(f"webchat:private:{sessions[0]}")
+    victims = [s for s in sessions
+               if (await rt.host_of(f"webchat:private:{s}"))[0] == host_name]
+    pid = (await host.ping.remote())["pid"]
+    asks = [asyncio.create_task(chat.ask(s, f"hi {s}", message_id=f"m-{s}")) for s in sessions]
+    await asyncio.sleep(0.5)  # the turns are inside the model call now
+    os.kill(pid, signal.SIGKILL)
+    replies = await asyncio.gather(*asks)
+    fake_llm.latency = 0.0
+    for s, reply in zip(sessions, replies, strict=True):
+        assert reply["text"] == f"echo: hi {s} (turn 1)", reply
+        assert reply["duplicate"] is False
+        assert await _messages(rt, s) == [("user", f"hi {s}"), ("assistant", reply["text"])]
+    assert victims, "at least one session lived on the killed host"
+
+
+async def test_same_event_twice_yields_one_reply(chat: ChatClient, fake_llm: FakeLLM) -> None:
+    s = new_session()
+    mid = "evt-" + uuid.uuid4().hex
+    first = await chat.ask(s, "only once", message_id=mid)
+    calls = fake_llm.calls
+    again = await chat.ask(s, "only once", message_id=mid)
+    assert again["text"] == first["text"] and again["duplicate"] is True
+    # Concurrent redeliveries too.
+    both = await asyncio.gather(*(chat.ask(s, "only once", message_id=mid) for _ in range(3)))
+    assert all(r["duplicate"] and r["text"] == first["text"] for r in both)
+    assert fake_llm.calls == calls, "a redelivered event must not reach the model again"
+    assert await _messages(chat.rt, s) == [("user", "only once"), ("assistant", first["text"])]
+
+
+async def test_idle_sessions_are_passivated_and_come_back(chat: ChatClient) -> None:
+    rt = chat.rt
+    s = new_session()
+    key = f"webchat:private:{s}"
+    assert (await chat.ask(s, "remember me"))["text"] == "echo: remember me (turn 1)"
+    _, host = await rt.host_of(key)
+    assert await host.is_active.remote(key)
+
+    async def passivated() -> bool:
+        return not await host.is_active.remote(key)
+
+    await _wait_for(passivated, timeout=rt.cfg.sessions.idle_timeout_s + 10)
+    before = (await host.ping.remote())["passivations"]
+    assert before >= 1
+    assert (await chat.ask(s, "back again"))["text"] == "echo: back again (turn 2)"
+    assert await host.is_active.remote(key)
+
+
+async def test_twenty_sessions_in_parallel_keep_their_own_order(chat: ChatClient) -> None:
+    sessions = [new_session() for _ in range(20)]
+
+    async def converse(s: str) -> list[str]:
+        return [(await chat.ask(s, f"{s} says {i}"))["text"] for i in range(5)]
+
+    results = await asyncio.gather(*(converse(s) for s in sessions))
+    for s, texts in zip(sessions, results, strict=True):
+        assert texts == [f"echo: {s} says {i} (turn {i + 1})" for i in range(5)]
+
+
+async def test_messages_to_one_session_are_answered_in_order(chat: ChatClient) -> None:
+    s = new_session()
+    replies = await asyncio.gather(*(chat.ask(s, f"n{i}", message_id=f"{s}-{i:02d}")
+                                     for i in range(8)))
+    turns = sorted(int(r["text"].split("(turn ")[1].rstrip(")")) for r in replies)
+    assert turns == list(range(1, 9)), "one turn at a time: each sees all earlier turns"
+
+
+async def test_rate_limited_then_succeeds(chat: ChatClient, fake_llm: FakeLLM,
+                                          fake_fallback: FakeLLM) -> None:
+    fake_llm.script.append(Scripted(429, {"Retry-After": "0.3"}))
+    s = new_session()
+    started = time.monotonic()
+    reply = await chat.ask(s, "patience")
+    assert reply["text"] == "echo: patience (turn 1)" and reply["error"] is None
+    assert fake_llm.calls == 2 and fake_fallback.calls == 0
+    assert time.monotonic() - started >= 0.3, "Retry-After must be honoured"
+
+
+async def test_primary_down_fallback_answers(chat: ChatClient, fake_llm: FakeLLM,
+                                             fake_fallback: FakeLLM) -> None:
+    fake_llm.mode = "down"
+    s = new_session()
+    reply = await chat.ask(s, "anyone there")
+    assert reply["text"] == "echo: anyone there (turn 1)" and reply["error"] is None
+    assert fake_fallback.calls == 1
+    assert fake_llm.calls == 3, "primary is tried 1 + max_retries times first"
+
+
+async def test_all_providers_down_clear_message_nothing_stored_twice(
+        chat: ChatClient, fake_llm: FakeLLM, fake_fallback: FakeLLM) -> None:
+    s = new_session()
+    assert (await chat.ask(s, "first"))["error"] is None
+    fake_llm.mode = fake_fallback.mode = "down"
+    mid = "down-" + uuid.uuid4().hex
+    failed = await chat.ask(s, "are you there", message_id=mid)
+    assert failed["error"] == "provider_unavailable"
+    assert "can't reach the language model" in failed["text"]
+    assert len(await _messages(chat.rt, s)) == 2, "a failed turn stores nothing"
+    fake_llm.mode = fake_fallback.mode = "ok"
+    await asyncio.sleep(0.6)  # the breaker's cool-down
+    ok = await chat.ask(s, "are you there", message_id=mid)
+    assert ok["text"] == "echo: are you there (turn 2)" and ok["duplicate"] is False
+    assert [c for _, c in await _messages(chat.rt, s)].count("are you there") == 1
+
+
+async def test_commands(chat: ChatClient) -> None:
+    s = new_session()
+    help_text = (await chat.ask(s, "/help"))["text"]
+    for name in ("/help", "/new", "/reset", "/history"):
+        assert name in help_text
+    unknown = (await chat.ask(s, "/frobnicate now"))["text"]
+    assert "Unknown command /frobnicate" in unknown and "/help" in unknown
+    await chat.ask(s, "alpha")
+    assert "user: alpha" in (await chat.ask(s, "/history"))["text"]
+    assert "Started a new conversation" in (await chat.ask(s, "/new"))["text"]
+    assert (await chat.ask(s, "beta"))["text"] == "echo: beta (turn 1)"
+    assert "Cleared" in (await chat.ask(s, "/reset"))["text"]
+    assert (await chat.ask(s, "gamma"))["text"] == "echo: gamma (turn 1)"
+    assert "no history" not in (await chat.ask(s, "/history 1"))["text"]
+    assert "Usage" in (await chat.ask(s, "/history many"))["text"]
+
+
+async def test_web_chat_refuses_bad_requests(chat: ChatClient) -> None:
+    status, body = await chat.post("s", "hi", token="wrong")
+    assert status == 401
+    async with chat.http.post(f"{chat.rt.http}/api/chat", data=b"{not json",
+                              headers={"Authorization": f"Bearer {chat.rt.token}"}) as resp:
+        assert resp.status == 400 and "JSON" in (await resp.json())["error"]
+    status, body = await chat.post("bad session!", "hi")
+    assert status == 400 and "session" in body["error"]
+    status, body = await chat.post("s", "x" * (chat.rt.cfg.webchat.max_message_chars + 1))
+    assert status == 400 and "longer" in body["error"]
+    # The bot still answers everyone else.
+    assert (await chat.ask(new_session(), "still here"))["error"] is None
+
+
+async def test_websocket_needs_the_token_and_survives_garbage(chat: ChatClient) -> None:
+    import aiohttp
+
+    for params in ({}, {"token": "wrong"}):
+        with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+            await chat.http.ws_connect(chat.rt.ws, params=params)
+        assert refused.value.status == 403
+    async with chat.http.ws_connect(chat.rt.ws, params={"token": chat.rt.token}) as ws:
+        await ws.send_str("garbage{")
+        err = await ws.receive_json()
+        assert err["type"] == "error"
+        await ws.send_json({"type": "message", "session": "ok-" + uuid.uuid4().hex[:6],
+                            "text": "fine", "message_id": "w1"})
+        while (reply := await ws.receive_json())["type"] == "chunk":
+            pass
+        assert reply["type"] == "reply" and reply["text"] == "echo: fine (turn 1)"
+
+
+async def test_health_needs_no_token(chat: ChatClient) -> None:
+    async with chat.http.get(f"{chat.rt.http}/health") as resp:
+        data = await resp.json()
+    assert resp.status == 200 and data["ok"] is True
+    assert set(data["actors"]) >= {"shard-directory", "session-host-0", "session-host-1",
+                                   "adapter-webchat", "provider-pool-primary"}
+
+
+async def test_sigkill_of_web_chat_adapter_serves_again(chat: ChatClient) -> None:
+    import ray
+
+    from actors.common import WEBCHAT
+
+    rt = chat.rt
+    adapter = ray.get_actor(WEBCHAT, namespace=rt.namespace)
+    pid = (await adapter.ping.remote())["pid"]
+    os.kill(pid, signal.SIGKILL)
+    s = new_session()
+
+    async def answers() -> bool:
+        try:
+            return (await chat.ask(s, "hello again"))["error"] is None
+        except (OSError, AssertionError, asyncio.TimeoutError):
+            return False
+        except Exception as exc:  # aiohttp connection errors while the port is down
+            return not isinstance(exc, Exception)
+
+    await _wait_for(answers, timeout=30, interval=0.5)
+
+
+@pytest.mark.parametrize("kind", ["provider-pool-primary", "shard-directory"])
+async def test_sigkill_of_other_actors_keeps_serving(chat: ChatClient, kind: str) -> None:
+    import ray
+
+    rt = chat.rt
+    actor = ray.get_actor(kind, namespace=rt.namespace)
+    pid = (await actor.ping.remote())["pid"]
+    os.kill(pid, signal.SIGKILL)
+    s = new_session()
+    assert (await chat.ask(s, "still fine"))["text"] == "echo: still fine (turn 1)"
+
+    async def restarted() -> bool:
+        try:
+            return bool((await actor.ping.remote())["pid"] != pid)
+        except ray.exceptions.RayActorError:
+            return False
+
+    await _wait_for(restarted)
