@@ -52,8 +52,11 @@ def setup_logging(component: str) -> None:
     if getattr(root, "_astr_ray_configured", False):
         return
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(
-        f"%(asctime)s %(levelname)s [{component} pid={os.getpid()}] %(name)s: %(message)s"))
+    handler.setFormatter(
+        logging.Formatter(
+            f"%(asctime)s %(levelname)s [{component} pid={os.getpid()}] %(name)s: %(message)s"
+        )
+    )
     root.handlers[:] = [handler]
     root.setLevel(os.environ.get("ASTR_RAY_LOG_LEVEL", "INFO"))
     root._astr_ray_configured = True  # type: ignore[attr-defined]

@@ -24,8 +24,9 @@ class ProviderPool:
         cfg = ProviderConfig.model_validate(provider)
         setup_logging(f"provider-pool-{cfg.id}")
         self.provider_id = cfg.id
-        self.ledger = PermitLedger(cfg.max_concurrency, cfg.requests_per_minute,
-                                   cfg.failure_threshold, cfg.cooldown_s)
+        self.ledger = PermitLedger(
+            cfg.max_concurrency, cfg.requests_per_minute, cfg.failure_threshold, cfg.cooldown_s
+        )
 
     def acquire(self, holder: str, want: int, release: int, outcomes: Outcomes) -> Grant:
         return self.ledger.acquire(holder, want, release, outcomes)

@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 
 try:  # Ray >= 2.30 raises this while an actor is restarting
     from ray.exceptions import ActorUnavailableError
+
     _RETRY: tuple[type[BaseException], ...] = (RayActorError, ActorUnavailableError)
 except ImportError:  # pragma: no cover
     _RETRY = (RayActorError,)
@@ -44,8 +45,7 @@ class _Item:
 
 
 class HostRouter:
-    def __init__(self, namespace: str, *, window_ms: float = 2.0, deadline_s: float = 60.0
-                 ) -> None:
+    def __init__(self, namespace: str, *, window_ms: float = 2.0, deadline_s: float = 60.0) -> None:
         self.namespace = namespace
         self.window = window_ms / 1000
         self.deadline_s = deadline_s
@@ -53,6 +53,7 @@ class HostRouter:
         self._handles: dict[str, Any] = {}
         self._pending: dict[str, list[_Item]] = {}
         self._refreshing: asyncio.Task[None] | None = None
+        self._inflight: set[asyncio.Future[None]] = set()  # keep batch tasks referenced
         self.batches = 0
         self.retries = 0
 
@@ -93,7 +94,9 @@ class HostRouter:
     def _flush(self, host: str) -> None:
         items = self._pending.pop(host, [])
         if items:
-            asyncio.ensure_future(self._run_batch(host, items))
+            task = asyncio.ensure_future(self._run_batch(host, items))
+            self._inflight.add(task)
+            task.add_done_callback(self._inflight.discard)
 
     async def _run_batch(self, host: str, items: list[_Item]) -> None:
         assert self.table is not None
@@ -118,8 +121,12 @@ class HostRouter:
                         if not item.future.done():
                             item.future.set_result(reply)
         except _RETRY as exc:
-            log.warning("host %s unavailable (%s); retrying %d messages", host,
-                        type(exc).__name__, len(remaining))
+            log.warning(
+                "host %s unavailable (%s); retrying %d messages",
+                host,
+                type(exc).__name__,
+                len(remaining),
+            )
             await self._retry(list(remaining.values()), exc)
             return
         except Exception as exc:
@@ -138,10 +145,15 @@ class HostRouter:
         alive = []
         for item in items:
             if now - item.first_sent > self.deadline_s:
-                item.future.set_result(Reply.of_text(
-                    _key(item.event), item.event["message_id"],
-                    "Sorry, I'm restarting and couldn't answer in time. Please send that "
-                    "again.", error="unavailable"))
+                item.future.set_result(
+                    Reply.of_text(
+                        _key(item.event),
+                        item.event["message_id"],
+                        "Sorry, I'm restarting and couldn't answer in time. Please send that "
+                        "again.",
+                        error="unavailable",
+                    )
+                )
             else:
                 item.attempts += 1
                 alive.append(item)
@@ -189,10 +201,14 @@ class HostRouter:
             except _RETRY:
                 attempts += 1
                 if time.monotonic() - first_sent > self.deadline_s:
-                    yield {"reply": Reply.of_text(
-                        event.session_key, event.message_id,
-                        "Sorry, I'm restarting and couldn't answer in time.",
-                        error="unavailable")}
+                    yield {
+                        "reply": Reply.of_text(
+                            event.session_key,
+                            event.message_id,
+                            "Sorry, I'm restarting and couldn't answer in time.",
+                            error="unavailable",
+                        )
+                    }
                     return
                 await asyncio.sleep(min(2.0, 0.2 * 2 ** min(attempts, 4)))
                 if streamed:

@@ -27,7 +27,7 @@ def init_local(cfg: Config, *, dashboard: bool = True) -> dict[str, Any]:
         log_to_driver=False,
         _node_ip_address="127.0.0.1",
     )
-    return dict(ctx.address_info) | {"dashboard_url": ctx.dashboard_url}
+    return dict(ctx.address_info) | {"dashboard_url": ctx.dashboard_url}  # type: ignore[attr-defined]
 
 
 def connect(address: str, namespace: str) -> None:
@@ -40,9 +40,14 @@ def start_tree(cfg: Config, *, timeout: float = 300) -> tuple[Any, dict[str, Any
 
     A second call with a running tree returns that tree: it never starts a second one.
     """
-    sup = Supervisor.options(
-        name=SUPERVISOR, namespace=cfg.runtime.namespace, lifetime="detached",
-        get_if_exists=True, max_restarts=-1, max_task_retries=0, num_cpus=0,
+    sup = Supervisor.options(  # type: ignore[attr-defined]
+        name=SUPERVISOR,
+        namespace=cfg.runtime.namespace,
+        lifetime="detached",
+        get_if_exists=True,
+        max_restarts=-1,
+        max_task_retries=0,
+        num_cpus=0,
         max_concurrency=1000,
     ).remote(cfg.to_transport())
     status: dict[str, Any] = ray.get(sup.start.remote(), timeout=timeout)
@@ -54,8 +59,7 @@ def find_supervisor(namespace: str) -> Any:
 
 
 def tree_status(namespace: str, *, timeout: float = 30) -> dict[str, Any]:
-    status: dict[str, Any] = ray.get(find_supervisor(namespace).status.remote(),
-                                     timeout=timeout)
+    status: dict[str, Any] = ray.get(find_supervisor(namespace).status.remote(), timeout=timeout)
     return status
 
 

@@ -65,15 +65,23 @@ class SessionHost:
         for p in self.cfg.provider_chain():
             pool = get_actor(pool_name(p.id), ns)
             await pool.forget.remote(self.name)  # whatever an earlier life held is free
-            slots.append(ProviderSlot(p, make_transport(p),
-                                      PermitCache(p.id, self._fetcher(pool),
-                                                  reuse=p.requests_per_minute is None)))
+            slots.append(
+                ProviderSlot(
+                    p,
+                    make_transport(p),
+                    PermitCache(p.id, self._fetcher(pool), reuse=p.requests_per_minute is None),
+                )
+            )
         self.chain = ProviderChain(slots)
         self.processor = TurnProcessor(self.store, self.chain, self.cfg)
         self.manager = SessionManager(self.processor, self.cfg.sessions)
         self._maint = asyncio.create_task(self._maintenance())
-        log.info("session host up: %d shards of %d, epoch %d", len(self.owned),
-                 self.cfg.sessions.shards, self.table.epoch if self.table else 0)
+        log.info(
+            "session host up: %d shards of %d, epoch %d",
+            len(self.owned),
+            self.cfg.sessions.shards,
+            self.table.epoch if self.table else 0,
+        )
 
     def _fetcher(self, pool: Any) -> Any:
         name = self.name
@@ -126,8 +134,7 @@ class SessionHost:
             return self.table.epoch
         return None
 
-    async def _one(self, idx: int, epoch: int, data: dict[str, Any]
-                   ) -> tuple[int, dict[str, Any]]:
+    async def _one(self, idx: int, epoch: int, data: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         try:
             event = Event.from_dict(data)
         except MessageFormatError as exc:
@@ -138,8 +145,9 @@ class SessionHost:
         reply = await self.manager.submit(event)
         return idx, reply.to_dict()
 
-    async def handle_batch(self, epoch: int, events: list[dict[str, Any]]
-                           ) -> AsyncIterator[list[tuple[int, dict[str, Any]]]]:
+    async def handle_batch(
+        self, epoch: int, events: list[dict[str, Any]]
+    ) -> AsyncIterator[list[tuple[int, dict[str, Any]]]]:
         await self.lifecycle.ensure_started()
         pending = {asyncio.create_task(self._one(i, epoch, e)) for i, e in enumerate(events)}
         try:
@@ -153,8 +161,7 @@ class SessionHost:
             for t in pending:
                 t.cancel()
 
-    async def stream_turn(self, epoch: int, data: dict[str, Any]
-                          ) -> AsyncIterator[dict[str, Any]]:
+    async def stream_turn(self, epoch: int, data: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         await self.lifecycle.ensure_started()
         try:
             event = Event.from_dict(data)
@@ -176,8 +183,10 @@ class SessionHost:
             while not task.done():
                 await asyncio.wait({task}, timeout=flush)
                 if pieces:
-                    yield {"chunk": "".join(pieces)}
+                    # Take the pieces before yielding: more arrive while we are suspended.
+                    out = "".join(pieces)
                     pieces.clear()
+                    yield {"chunk": out}
             if pieces:
                 yield {"chunk": "".join(pieces)}
             reply: Reply = task.result()
@@ -190,9 +199,12 @@ class SessionHost:
 
     # -- introspection ------------------------------------------------------------------
     async def ping(self) -> dict[str, Any]:
-        info: dict[str, Any] = {"pid": os.getpid(), "boot": self.boot,
-                                "state": self.lifecycle.state.value,
-                                "started_at": self.started_at}
+        info: dict[str, Any] = {
+            "pid": os.getpid(),
+            "boot": self.boot,
+            "state": self.lifecycle.state.value,
+            "started_at": self.started_at,
+        }
         if hasattr(self, "manager"):
             info.update(self.manager.stats())
             info["owned_shards"] = len(self.owned)

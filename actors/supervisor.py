@@ -2,8 +2,8 @@
 
     Supervisor (named, detached, max_restarts=-1)
      ├─ ShardDirectory
-     ├─ ProviderPool × providers
-     ├─ SessionHost × sessions.hosts
+     ├─ ProviderPool x providers
+     ├─ SessionHost x sessions.hosts
      └─ WebChatAdapter
 
 Ray's ``max_restarts=-1`` is the first line: a killed child comes back by itself in
@@ -87,21 +87,53 @@ class Supervisor:
         cfg = self.transport
         hosts = [host_name(i) for i in range(self.cfg.sessions.hosts)]
         specs: list[tuple[str, str, Any]] = [
-            (DIRECTORY, "directory", lambda: ShardDirectory.options(
-                **child_options(DIRECTORY, ns)).remote(self.cfg.sessions.shards, hosts))]
+            (
+                DIRECTORY,
+                "directory",
+                lambda: ShardDirectory.options(**child_options(DIRECTORY, ns)).remote(  # type: ignore[attr-defined]
+                    self.cfg.sessions.shards, hosts
+                ),
+            )
+        ]
         for p in cfg["providers"]:
             if p["enabled"]:
                 name = pool_name(p["id"])
-                specs.append((name, "provider_pool", _bind(
-                    lambda p, name: ProviderPool.options(**child_options(name, ns)).remote(p),
-                    p, name)))
+                specs.append(
+                    (
+                        name,
+                        "provider_pool",
+                        _bind(
+                            lambda p, name: ProviderPool.options(**child_options(name, ns)).remote(  # type: ignore[attr-defined]
+                                p
+                            ),
+                            p,
+                            name,
+                        ),
+                    )
+                )
         for h in hosts:
-            specs.append((h, "session_host", _bind(
-                lambda h: SessionHost.options(**child_options(
-                    h, ns, max_concurrency=100_000)).remote(h, cfg), h)))
+            specs.append(
+                (
+                    h,
+                    "session_host",
+                    _bind(
+                        lambda h: SessionHost.options(  # type: ignore[attr-defined]
+                            **child_options(h, ns, max_concurrency=100_000)
+                        ).remote(h, cfg),
+                        h,
+                    ),
+                )
+            )
         if self.cfg.webchat.enabled:
-            specs.append((WEBCHAT, "adapter", lambda: WebChatAdapter.options(
-                **child_options(WEBCHAT, ns, max_concurrency=100_000)).remote(cfg)))
+            specs.append(
+                (
+                    WEBCHAT,
+                    "adapter",
+                    lambda: WebChatAdapter.options(  # type: ignore[attr-defined]
+                        **child_options(WEBCHAT, ns, max_concurrency=100_000)
+                    ).remote(cfg),
+                )
+            )
         for name, kind, factory in specs:
             self.children[name] = Child(name, kind, factory)
         # Start in order (directory and pools before the hosts that call them).
@@ -109,9 +141,11 @@ class Supervisor:
             child.handle = child.factory()
             info, fresh = await self._call_start(child)
             child.pid, child.state, child.last_info = info.get("pid"), "alive", info
-            await self._event(child, "started" if fresh else "attached",
-                              "created by the supervisor" if fresh
-                              else "re-attached to the running actor")
+            await self._event(
+                child,
+                "started" if fresh else "attached",
+                "created by the supervisor" if fresh else "re-attached to the running actor",
+            )
         self._loop_task = asyncio.create_task(self._reconcile_forever())
 
     async def _call_start(self, child: Child) -> tuple[dict[str, Any], bool]:
@@ -184,8 +218,9 @@ class Supervisor:
         pid = info.get("pid")
         if child.pid is not None and pid != child.pid:
             child.restarts += 1
-            await self._event(child, "restarted",
-                              f"process {child.pid} exited; Ray restarted it as {pid}", pid)
+            await self._event(
+                child, "restarted", f"process {child.pid} exited; Ray restarted it as {pid}", pid
+            )
         child.pid, child.state, child.last_info = pid, "alive", info
         child.backoff = 0.0
 
@@ -195,18 +230,23 @@ class Supervisor:
             info, _ = await self._call_start(child)
         except Exception as exc:
             child.last_error = _first_line(exc)
-            child.backoff = min(max(child.backoff * 2, self.cfg.runtime.restart_backoff_s),
-                                self.cfg.runtime.restart_backoff_max_s)
+            child.backoff = min(
+                max(child.backoff * 2, self.cfg.runtime.restart_backoff_s),
+                self.cfg.runtime.restart_backoff_max_s,
+            )
             child.next_attempt = time.monotonic() + child.backoff
-            log.error("recreating %s failed (next try in %.1fs): %s", child.name,
-                      child.backoff, child.last_error)
+            log.error(
+                "recreating %s failed (next try in %.1fs): %s",
+                child.name,
+                child.backoff,
+                child.last_error,
+            )
             return
         child.restarts += 1
         child.pid, child.state, child.last_info = info.get("pid"), "alive", info
         await self._event(child, "recreated", f"was dead: {child.last_error}", child.pid)
 
-    async def _event(self, child: Child, kind: str, reason: str, pid: int | None = None
-                     ) -> None:
+    async def _event(self, child: Child, kind: str, reason: str, pid: int | None = None) -> None:
         log.info("%s %s: %s", child.name, kind, reason)
         try:
             await self.store.record_actor_event(child.name, kind, reason, pid or child.pid)
@@ -222,8 +262,7 @@ class Supervisor:
             except Exception as exc:
                 return {"ok": False, "state": "failed", "error": _first_line(exc)}
         states = {name: c.state for name, c in self.children.items()}
-        ok = self.lifecycle.state.value == "running" and all(
-            s == "alive" for s in states.values())
+        ok = self.lifecycle.state.value == "running" and all(s == "alive" for s in states.values())
         return {"ok": ok, "state": self.lifecycle.state.value, "actors": states}
 
     async def status(self) -> dict[str, Any]:
@@ -235,14 +274,27 @@ class Supervisor:
             "supervisor": {"pid": os.getpid(), "started_at": self.started_at},
             "namespace": self.cfg.runtime.namespace,
             "actors": [
-                {"name": c.name, "kind": c.kind, "state": c.state, "pid": c.pid,
-                 "restarts": c.restarts, "last_error": c.last_error, "info": c.last_info}
+                {
+                    "name": c.name,
+                    "kind": c.kind,
+                    "state": c.state,
+                    "pid": c.pid,
+                    "restarts": c.restarts,
+                    "last_error": c.last_error,
+                    "info": c.last_info,
+                }
                 for c in self.children.values()
             ],
             "restart_log": [
-                {"actor": e.actor, "kind": e.kind, "reason": e.reason, "pid": e.pid,
-                 "time": e.created_at}
-                for e in events if e.kind != "started"
+                {
+                    "actor": e.actor,
+                    "kind": e.kind,
+                    "reason": e.reason,
+                    "pid": e.pid,
+                    "time": e.created_at,
+                }
+                for e in events
+                if e.kind != "started"
             ],
         }
 

@@ -43,13 +43,22 @@ class WebChatAdapter:
 
     async def _on_start(self) -> None:
         sess = self.cfg.sessions
-        self.router = HostRouter(self.cfg.runtime.namespace, window_ms=sess.batch_window_ms,
-                                 deadline_s=max(60.0, sess.turn_timeout_s))
+        self.router = HostRouter(
+            self.cfg.runtime.namespace,
+            window_ms=sess.batch_window_ms,
+            deadline_s=max(60.0, sess.turn_timeout_s),
+        )
         token = self.cfg.webchat.token.get_secret_value() if self.cfg.webchat.token else ""
         app = create_app(self, token, max_chars=self.cfg.webchat.max_message_chars)
-        config = uvicorn.Config(app, host=self.cfg.webchat.host, port=self.cfg.webchat.port,
-                                log_level="warning", access_log=False, lifespan="off",
-                                ws_max_size=1 << 20)
+        config = uvicorn.Config(
+            app,
+            host=self.cfg.webchat.host,
+            port=self.cfg.webchat.port,
+            log_level="warning",
+            access_log=False,
+            lifespan="off",
+            ws_max_size=1 << 20,
+        )
         self._server = uvicorn.Server(config)
         self._serve = asyncio.create_task(self._server.serve())
         for _ in range(200):
@@ -73,10 +82,14 @@ class WebChatAdapter:
         if self.lifecycle.state.value == "new":
             # Ray restarted this process: bring the server back without the supervisor.
             await self.lifecycle.ensure_started()
-        return {"pid": os.getpid(), "state": self.lifecycle.state.value,
-                "port": self.cfg.webchat.port, "messages": self.messages,
-                "batches": getattr(getattr(self, "router", None), "batches", 0),
-                "retries": getattr(getattr(self, "router", None), "retries", 0)}
+        return {
+            "pid": os.getpid(),
+            "state": self.lifecycle.state.value,
+            "port": self.cfg.webchat.port,
+            "messages": self.messages,
+            "batches": getattr(getattr(self, "router", None), "batches", 0),
+            "retries": getattr(getattr(self, "router", None), "retries", 0),
+        }
 
     # -- ChatBackend ------------------------------------------------------------------
     async def send(self, event: Event) -> Reply:

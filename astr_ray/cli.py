@@ -54,7 +54,8 @@ def _print_where(cfg: Config, ray_info: dict[str, Any] | None) -> None:
         print(f"  ray dashboard http://{ray_info['dashboard_url']}")
     print(f"  data          {cfg.data_dir}")
     providers = ", ".join(p.id for p in cfg.provider_chain()) or (
-        "none configured: add one under `providers:` in the config")
+        "none configured: add one under `providers:` in the config"
+    )
     print(f"  providers     {providers}")
     print("  chat          astr-ray chat")
 
@@ -145,17 +146,23 @@ def _print_status(status: dict[str, Any], brief: bool = False) -> None:
         info = a.get("info") or {}
         detail = ""
         if a["kind"] == "session_host":
-            detail = (f"sessions={info.get('active_sessions', 0)} "
-                      f"shards={info.get('owned_shards', 0)} turns={info.get('turns', 0)}")
+            detail = (
+                f"sessions={info.get('active_sessions', 0)} "
+                f"shards={info.get('owned_shards', 0)} turns={info.get('turns', 0)}"
+            )
         elif a["kind"] == "provider_pool":
-            detail = (f"healthy={info.get('healthy')} in_use={info.get('in_use')} "
-                      f"failures={info.get('failures')}")
+            detail = (
+                f"healthy={info.get('healthy')} in_use={info.get('in_use')} "
+                f"failures={info.get('failures')}"
+            )
         elif a["kind"] == "adapter":
             detail = f"port={info.get('port')} messages={info.get('messages')}"
         if a.get("state") != "alive" and a.get("last_error"):
             detail = a["last_error"]
-        print(f"  {a['name']:28} {a['state']:11} {a.get('pid') or '-':>7} "
-              f"{a['restarts']:>8}  {detail}")
+        print(
+            f"  {a['name']:28} {a['state']:11} {a.get('pid') or '-':>7} "
+            f"{a['restarts']:>8}  {detail}"
+        )
     if not brief and status.get("restart_log"):
         print("restart log (newest first):")
         for e in status["restart_log"][:20]:
@@ -188,15 +195,17 @@ async def _chat(url: str, token: str, session: str, one_shot: str | None) -> int
                     if text.strip() in ("/quit", "/exit"):
                         return 0
                 mid = uuid.uuid4().hex
-                await ws.send_json({"type": "message", "session": session, "text": text,
-                                    "message_id": mid})
+                await ws.send_json(
+                    {"type": "message", "session": session, "text": text, "message_id": mid}
+                )
                 streamed = False
                 sys.stdout.write("bot> ")
                 while True:
                     msg = await ws.receive()
                     if msg.type != aiohttp.WSMsgType.TEXT:
-                        print(f"\nconnection closed ({msg.extra or msg.type.name})",
-                              file=sys.stderr)
+                        print(
+                            f"\nconnection closed ({msg.extra or msg.type.name})", file=sys.stderr
+                        )
                         return 1
                     data = json.loads(msg.data)
                     if data.get("type") == "chunk" and data.get("message_id") == mid:
@@ -221,10 +230,16 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="astr-ray", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("-c", "--config", type=Path, default=DEFAULT_CONFIG_PATH,
-                        help=f"config file (default {DEFAULT_CONFIG_PATH})")
+    parser = argparse.ArgumentParser(
+        prog="astr-ray", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "-c",
+        "--config",
+        type=Path,
+        default=DEFAULT_CONFIG_PATH,
+        help=f"config file (default {DEFAULT_CONFIG_PATH})",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("init", help="write a commented default config")
     p.add_argument("--force", action="store_true", help="overwrite an existing config")

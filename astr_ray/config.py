@@ -208,8 +208,9 @@ def parse_config(data: Any, *, source: str = "<config>") -> Config:
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise ConfigError("the config must be a mapping of keys to values", path="<root>",
-                          file=source)
+        raise ConfigError(
+            "the config must be a mapping of keys to values", path="<root>", file=source
+        )
     data = _expand_env(data, "")
     try:
         return Config.model_validate(data)

@@ -163,7 +163,7 @@ class SandboxError(AstrRayError):
     """A code-execution backend failed."""
 
 
-class ControlSignal(Exception):  # noqa: N818 - a signal, not an error
+class ControlSignal(Exception):
     """Base of control-flow signals. Never logged as failures."""
 
 

@@ -28,8 +28,12 @@ class State(StrEnum):
 
 
 class Lifecycle:
-    def __init__(self, name: str, on_start: Callable[[], Awaitable[None]],
-                 on_stop: Callable[[], Awaitable[None]]) -> None:
+    def __init__(
+        self,
+        name: str,
+        on_start: Callable[[], Awaitable[None]],
+        on_stop: Callable[[], Awaitable[None]],
+    ) -> None:
         self.name = name
         self.state = State.NEW
         self.error: str | None = None

@@ -48,8 +48,9 @@ class ChatType(StrEnum):
 def make_session_key(platform_id: str, chat_type: ChatType | str, chat_id: str) -> SessionKey:
     """Build ``<platform_id>:<chat_type>:<chat_id>``; the platform id may not contain ':'."""
     if not platform_id or ":" in platform_id:
-        raise MessageFormatError("platform id must be non-empty and contain no ':'",
-                                 platform_id=platform_id)
+        raise MessageFormatError(
+            "platform id must be non-empty and contain no ':'", platform_id=platform_id
+        )
     if not chat_id:
         raise MessageFormatError("chat id must be non-empty", platform_id=platform_id)
     return SessionKey(f"{platform_id}:{ChatType(chat_type).value}:{chat_id}")
@@ -59,13 +60,15 @@ def parse_session_key(key: str) -> tuple[str, ChatType, str]:
     """Split a session key into (platform id, chat type, chat id); the chat id may hold ':'."""
     parts = key.split(":", 2)
     if len(parts) != 3 or not parts[0] or not parts[2]:
-        raise MessageFormatError("session key must look like <platform>:<private|group>:<id>",
-                                 session_key=key)
+        raise MessageFormatError(
+            "session key must look like <platform>:<private|group>:<id>", session_key=key
+        )
     try:
         chat_type = ChatType(parts[1])
     except ValueError:
-        raise MessageFormatError("session key chat type must be private or group",
-                                 session_key=key) from None
+        raise MessageFormatError(
+            "session key chat type must be private or group", session_key=key
+        ) from None
     return parts[0], chat_type, parts[2]
 
 
@@ -116,9 +119,7 @@ class Voice(_Model):
     transcript: str | None = None
 
 
-Component = Annotated[
-    Text | Image | Mention | ReplyTo | File | Voice, Field(discriminator="type")
-]
+Component = Annotated[Text | Image | Mention | ReplyTo | File | Voice, Field(discriminator="type")]
 
 
 class Sender(_Model):
@@ -183,8 +184,9 @@ class Reply(_Model):
     def of_text(
         cls, session_key: str, event_id: str, text: str, *, error: str | None = None
     ) -> Reply:
-        return cls(session_key=session_key, event_id=event_id,
-                   components=(Text(text=text),), error=error)
+        return cls(
+            session_key=session_key, event_id=event_id, components=(Text(text=text),), error=error
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")

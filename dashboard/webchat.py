@@ -67,14 +67,25 @@ def _event(data: Any, max_chars: int) -> Event:
         raise BadRequest(f"text is longer than {max_chars} characters")
     if not isinstance(message_id, str) or not _MESSAGE_ID.match(message_id):
         raise BadRequest("message_id must be 1-128 characters of letters, digits, _ . : -")
-    return Event(platform_id=PLATFORM_ID, chat_type=ChatType.PRIVATE, chat_id=session,
-                 sender=Sender(id=session), message_id=message_id,
-                 components=(Text(text=text),))
+    return Event(
+        platform_id=PLATFORM_ID,
+        chat_type=ChatType.PRIVATE,
+        chat_id=session,
+        sender=Sender(id=session),
+        message_id=message_id,
+        components=(Text(text=text),),
+    )
 
 
 def _reply_json(reply: Reply) -> dict[str, Any]:
-    return {"type": "reply", "session_key": reply.session_key, "message_id": reply.event_id,
-            "text": reply.text, "duplicate": reply.duplicate, "error": reply.error}
+    return {
+        "type": "reply",
+        "session_key": reply.session_key,
+        "message_id": reply.event_id,
+        "text": reply.text,
+        "duplicate": reply.duplicate,
+        "error": reply.error,
+    }
 
 
 def create_app(backend: ChatBackend, token: str, *, max_chars: int = 16_000) -> Starlette:
@@ -127,16 +138,18 @@ def create_app(backend: ChatBackend, token: str, *, max_chars: int = 16_000) -> 
             try:
                 async for item in backend.stream(event):
                     if "chunk" in item:
-                        await send({"type": "chunk", "message_id": event.message_id,
-                                    "text": item["chunk"]})
+                        await send(
+                            {"type": "chunk", "message_id": event.message_id, "text": item["chunk"]}
+                        )
                     else:
                         await send(_reply_json(item["reply"]))
             except (WebSocketDisconnect, RuntimeError):
                 pass  # the client left; the turn is committed and can be fetched again
             except Exception:
                 log.exception("web chat turn failed event=%s", event.message_id)
-                await send({"type": "error", "message_id": event.message_id,
-                            "message": "internal error"})
+                await send(
+                    {"type": "error", "message_id": event.message_id, "message": "internal error"}
+                )
 
         try:
             while True:
@@ -147,7 +160,7 @@ def create_app(backend: ChatBackend, token: str, *, max_chars: int = 16_000) -> 
                 try:
                     data = json.loads(raw)
                     if not isinstance(data, dict) or data.get("type", "message") != "message":
-                        raise BadRequest("expected {\"type\": \"message\", ...}")
+                        raise BadRequest('expected {"type": "message", ...}')
                     event = _event(data, max_chars)
                 except (ValueError, BadRequest) as exc:
                     msg = str(exc) if isinstance(exc, BadRequest) else "not valid JSON"
@@ -162,8 +175,10 @@ def create_app(backend: ChatBackend, token: str, *, max_chars: int = 16_000) -> 
             for task in tasks:
                 task.cancel()
 
-    return Starlette(routes=[
-        Route("/health", health, methods=["GET"]),
-        Route("/api/chat", chat, methods=["POST"]),
-        WebSocketRoute("/ws/chat", ws_chat),
-    ])
+    return Starlette(
+        routes=[
+            Route("/health", health, methods=["GET"]),
+            Route("/api/chat", chat, methods=["POST"]),
+            WebSocketRoute("/ws/chat", ws_chat),
+        ]
+    )

@@ -71,8 +71,11 @@ def fake_fallback() -> Iterator[FakeLLM]:
 @pytest.fixture(autouse=True)
 def _reset_fakes(request: pytest.FixtureRequest) -> Iterator[None]:
     """Every test starts with both fake LLMs healthy and unscripted."""
-    fakes = [request.getfixturevalue(n) for n in ("fake_llm", "fake_fallback")
-             if n in request.fixturenames]
+    fakes = [
+        request.getfixturevalue(n)
+        for n in ("fake_llm", "fake_fallback")
+        if n in request.fixturenames
+    ]
     for f in fakes:
         f.reset()
     yield
@@ -84,18 +87,32 @@ def runtime_config(tmp: Path, primary: FakeLLM, fallback: FakeLLM, **overrides: 
     data: dict[str, Any] = {
         "data_dir": str(tmp),
         "providers": [
-            {"id": "primary", "model": "openai/primary", "api_base": primary.base_url,
-             "api_key": "sk-test-primary", "max_retries": 2, "backoff_s": 0.05,
-             "failure_threshold": 5, "cooldown_s": 0.5, "timeout_s": 10},
-            {"id": "fallback", "model": "openai/fallback", "api_base": fallback.base_url,
-             "max_retries": 1, "backoff_s": 0.05, "failure_threshold": 5, "cooldown_s": 0.5,
-             "timeout_s": 10},
+            {
+                "id": "primary",
+                "model": "openai/primary",
+                "api_base": primary.base_url,
+                "api_key": "sk-test-primary",
+                "max_retries": 2,
+                "backoff_s": 0.05,
+                "failure_threshold": 5,
+                "cooldown_s": 0.5,
+                "timeout_s": 10,
+            },
+            {
+                "id": "fallback",
+                "model": "openai/fallback",
+                "api_base": fallback.base_url,
+                "max_retries": 1,
+                "backoff_s": 0.05,
+                "failure_threshold": 5,
+                "cooldown_s": 0.5,
+                "timeout_s": 10,
+            },
         ],
         "fallback": ["primary", "fallback"],
         "sessions": {"hosts": 2, "shards": 64, "idle_timeout_s": 4, "stream_flush_ms": 40},
         "webchat": {"port": free_port(), "token": "test-token-" + uuid.uuid4().hex},
-        "runtime": {"namespace": "astr-test-" + uuid.uuid4().hex[:8],
-                    "supervise_interval_s": 0.5},
+        "runtime": {"namespace": "astr-test-" + uuid.uuid4().hex[:8], "supervise_interval_s": 0.5},
     }
     for key, value in overrides.items():
         if isinstance(value, dict):
@@ -145,8 +162,12 @@ class Runtime:
 
 
 @pytest.fixture(scope="session")
-def runtime(ray_cluster: dict[str, Any], fake_llm: FakeLLM, fake_fallback: FakeLLM,
-            tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runtime]:
+def runtime(
+    ray_cluster: dict[str, Any],
+    fake_llm: FakeLLM,
+    fake_fallback: FakeLLM,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Runtime]:
     from actors import runtime as rt
 
     cfg = runtime_config(tmp_path_factory.mktemp("runtime"), fake_llm, fake_fallback)
@@ -163,13 +184,15 @@ class ChatClient:
         self.rt = rt
         self.http = http
 
-    async def post(self, session: str, text: str, message_id: str | None = None,
-                   token: str | None = None) -> tuple[int, dict[str, Any]]:
+    async def post(
+        self, session: str, text: str, message_id: str | None = None, token: str | None = None
+    ) -> tuple[int, dict[str, Any]]:
         body = {"session": session, "text": text}
         if message_id:
             body["message_id"] = message_id
         async with self.http.post(
-            f"{self.rt.http}/api/chat", json=body,
+            f"{self.rt.http}/api/chat",
+            json=body,
             headers={"Authorization": f"Bearer {token or self.rt.token}"},
         ) as resp:
             return resp.status, await resp.json()
@@ -186,8 +209,9 @@ class ChatClient:
         async with self.http.ws_connect(self.rt.ws, params={"token": self.rt.token}) as ws:
             for text in texts:
                 mid = uuid.uuid4().hex
-                await ws.send_json({"type": "message", "session": session, "text": text,
-                                    "message_id": mid})
+                await ws.send_json(
+                    {"type": "message", "session": session, "text": text, "message_id": mid}
+                )
                 chunks: list[str] = []
                 while True:
                     msg = await asyncio.wait_for(ws.receive(), 30)

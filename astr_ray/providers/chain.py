@@ -51,8 +51,9 @@ class ChainResult:
 
 
 class ProviderChain:
-    def __init__(self, slots: list[ProviderSlot], *, sleep: Callable[[float], Awaitable[Any]]
-                 = asyncio.sleep) -> None:
+    def __init__(
+        self, slots: list[ProviderSlot], *, sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep
+    ) -> None:
         self.slots = slots
         self._sleep = sleep
 
@@ -61,14 +62,18 @@ class ProviderChain:
             await slot.transport.close()
 
     async def complete(
-        self, messages: list[dict[str, Any]], on_chunk: ChunkSink | None = None,
-        *, context: dict[str, Any] | None = None,
+        self,
+        messages: list[dict[str, Any]],
+        on_chunk: ChunkSink | None = None,
+        *,
+        context: dict[str, Any] | None = None,
     ) -> ChainResult:
         """Answer ``messages`` with the first provider that works; see module docstring."""
         if not self.slots:
             raise ProviderUnavailableError(
                 "no LLM provider is configured: add one under `providers` in the config",
-                **(context or {}))
+                **(context or {}),
+            )
         reasons: list[str] = []
         attempts = 0
         for slot in self.slots:
@@ -89,8 +94,13 @@ class ProviderChain:
                     result = await self._call(slot, messages, on_chunk, emitted)
                 except ProviderRetryableError as exc:
                     slot.permits.release(ok=False, error=exc.message)
-                    log.warning("LLM call failed (attempt %d) provider=%s: %s %s",
-                                attempt + 1, pid, exc.message, _ctx(context))
+                    log.warning(
+                        "LLM call failed (attempt %d) provider=%s: %s %s",
+                        attempt + 1,
+                        pid,
+                        exc.message,
+                        _ctx(context),
+                    )
                     if emitted[0]:
                         raise ProviderUnavailableError(
                             f"{pid} failed mid-answer: {exc.message}", **(context or {})
@@ -102,8 +112,9 @@ class ProviderChain:
                     break
                 except ProviderError as exc:
                     slot.permits.release(ok=False, error=exc.message)
-                    log.warning("LLM call failed provider=%s: %s %s", pid, exc.message,
-                                _ctx(context))
+                    log.warning(
+                        "LLM call failed provider=%s: %s %s", pid, exc.message, _ctx(context)
+                    )
                     if emitted[0]:
                         raise ProviderUnavailableError(
                             f"{pid} failed mid-answer: {exc.message}", **(context or {})
@@ -114,11 +125,18 @@ class ProviderChain:
                     slot.permits.release(ok=None)
                     raise
                 slot.permits.release(ok=True)
-                return ChainResult(result.content, pid, slot.cfg.model,
-                                   time.perf_counter() - started, attempts,
-                                   result.prompt_tokens, result.completion_tokens)
-        raise ProviderUnavailableError("; ".join(reasons) or "no provider answered",
-                                       **(context or {}))
+                return ChainResult(
+                    result.content,
+                    pid,
+                    slot.cfg.model,
+                    time.perf_counter() - started,
+                    attempts,
+                    result.prompt_tokens,
+                    result.completion_tokens,
+                )
+        raise ProviderUnavailableError(
+            "; ".join(reasons) or "no provider answered", **(context or {})
+        )
 
     @staticmethod
     def _delay(cfg: ProviderConfig, attempt: int, retry_after: float | None) -> float:
@@ -128,8 +146,12 @@ class ProviderChain:
         return min(cfg.max_backoff_s, base * (0.75 + random.random() / 2))
 
     @staticmethod
-    async def _call(slot: ProviderSlot, messages: list[dict[str, Any]],
-                    on_chunk: ChunkSink | None, emitted: list[bool]) -> ChatResult:
+    async def _call(
+        slot: ProviderSlot,
+        messages: list[dict[str, Any]],
+        on_chunk: ChunkSink | None,
+        emitted: list[bool],
+    ) -> ChatResult:
         if on_chunk is None:
             return await slot.transport.complete(messages)
         parts: list[str] = []

@@ -241,15 +241,21 @@ class PermitCache:
             except Exception as exc:  # the pool is restarting: the waiters decide to wait
                 self.to_release += release
                 self._merge(outcomes)
-                self._fail_all(ProviderUnavailableError(
-                    f"provider pool unreachable: {type(exc).__name__}",
-                    provider=self.provider_id))
+                self._fail_all(
+                    ProviderUnavailableError(
+                        f"provider pool unreachable: {type(exc).__name__}",
+                        provider=self.provider_id,
+                    )
+                )
                 return
             if not grant.healthy:
                 self.unhealthy_until = time.monotonic() + max(grant.retry_after, 0.5)
                 self.free += grant.permits
-                self._fail_all(ProviderUnavailableError(
-                    "provider is unhealthy (circuit open)", provider=self.provider_id))
+                self._fail_all(
+                    ProviderUnavailableError(
+                        "provider is unhealthy (circuit open)", provider=self.provider_id
+                    )
+                )
                 return
             self.unhealthy_until = 0.0
             granted = grant.permits

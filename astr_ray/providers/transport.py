@@ -149,12 +149,15 @@ class NativeOpenAITransport:
                 f"connection failed: {type(exc).__name__}: {exc}", provider=self.cfg.id
             ) from None
         except ValueError as exc:
-            raise ProviderError(f"invalid JSON from provider: {exc}", provider=self.cfg.id) from None
+            raise ProviderError(
+                f"invalid JSON from provider: {exc}", provider=self.cfg.id
+            ) from None
         return _result_from_json(data, self.cfg.id)
 
     async def stream(self, messages: list[dict[str, Any]]) -> AsyncIterator[str | ChatResult]:
-        timeout = aiohttp.ClientTimeout(total=None, sock_read=self.cfg.timeout_s,
-                                        sock_connect=self.cfg.timeout_s)
+        timeout = aiohttp.ClientTimeout(
+            total=None, sock_read=self.cfg.timeout_s, sock_connect=self.cfg.timeout_s
+        )
         usage: dict[str, Any] = {}
         try:
             async with self._http().post(
@@ -172,8 +175,9 @@ class NativeOpenAITransport:
                     try:
                         chunk = json.loads(data)
                     except ValueError:
-                        raise ProviderError("invalid JSON in stream",
-                                            provider=self.cfg.id) from None
+                        raise ProviderError(
+                            "invalid JSON in stream", provider=self.cfg.id
+                        ) from None
                     if chunk.get("usage"):
                         usage = chunk["usage"]
                     for choice in chunk.get("choices") or ():
@@ -192,13 +196,15 @@ def _result_from_json(data: Any, provider: str) -> ChatResult:
         choice = data["choices"][0]
         content = choice["message"].get("content") or ""
     except (KeyError, IndexError, TypeError, AttributeError):
-        raise ProviderError("provider answered without choices[0].message",
-                            provider=provider) from None
+        raise ProviderError(
+            "provider answered without choices[0].message", provider=provider
+        ) from None
     if not isinstance(content, str):
         raise ProviderError("provider answered with non-text content", provider=provider)
     usage = data.get("usage") or {}
-    return ChatResult(content, int(usage.get("prompt_tokens") or 0),
-                      int(usage.get("completion_tokens") or 0))
+    return ChatResult(
+        content, int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
+    )
 
 
 _litellm: Any = None
@@ -227,8 +233,14 @@ class LiteLLMTransport:
         return None
 
     def _kwargs(self, messages: list[dict[str, Any]], stream: bool) -> dict[str, Any]:
-        kw: dict[str, Any] = {"model": self.cfg.model, "messages": messages, "stream": stream,
-                              "timeout": self.cfg.timeout_s, "max_retries": 0, "num_retries": 0}
+        kw: dict[str, Any] = {
+            "model": self.cfg.model,
+            "messages": messages,
+            "stream": stream,
+            "timeout": self.cfg.timeout_s,
+            "max_retries": 0,
+            "num_retries": 0,
+        }
         if self.cfg.api_base:
             kw["api_base"] = self.cfg.api_base
         if self.cfg.api_key:
@@ -240,14 +252,24 @@ class LiteLLMTransport:
         litellm = _import_litellm()
         status = getattr(exc, "status_code", None)
         retry_after = None
-        response = getattr(exc, "response", None)
-        headers = getattr(response, "headers", None)
-        if headers is not None:
-            retry_after = parse_retry_after(headers.get("retry-after"))
+        for headers in (
+            getattr(exc, "litellm_response_headers", None),
+            getattr(getattr(exc, "response", None), "headers", None),
+        ):
+            if headers is not None and headers.get("retry-after") is not None:
+                retry_after = parse_retry_after(headers.get("retry-after"))
+                break
         msg = f"{type(exc).__name__}: {str(exc)[:300]}"
-        retryable_types = (litellm.RateLimitError, litellm.InternalServerError,
-                           litellm.ServiceUnavailableError, litellm.APIConnectionError,
-                           litellm.Timeout, litellm.BadGatewayError)
+        if isinstance(status, int):
+            msg = f"HTTP {status}: {msg}"
+        retryable_types = (
+            litellm.RateLimitError,
+            litellm.InternalServerError,
+            litellm.ServiceUnavailableError,
+            litellm.APIConnectionError,
+            litellm.Timeout,
+            litellm.BadGatewayError,
+        )
         if isinstance(exc, retryable_types) or status in RETRYABLE_STATUS:
             return ProviderRetryableError(msg, retry_after, provider=self.cfg.id)
         return ProviderError(msg, provider=self.cfg.id)

@@ -52,11 +52,13 @@ class CommandRegistry:
             self._by_name[name] = command
         self._commands.append(command)
 
-    def command(self, name: str, usage: str, help: str, aliases: tuple[str, ...] = ()
-                ) -> Callable[[Handler], Handler]:
+    def command(
+        self, name: str, usage: str, help: str, aliases: tuple[str, ...] = ()
+    ) -> Callable[[Handler], Handler]:
         def register(handler: Handler) -> Handler:
             self.add(Command(name, handler, usage, help, aliases))
             return handler
+
         return register
 
     def get(self, name: str) -> Command | None:

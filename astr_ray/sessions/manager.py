@@ -37,7 +37,8 @@ ChunkSink = Callable[[str], Awaitable[None]]
 class _Mailbox:
     key: str
     queue: deque[tuple[Event, ChunkSink | None, asyncio.Future[Reply]]] = field(
-        default_factory=deque)
+        default_factory=deque
+    )
     live: LiveSession | None = None
     worker: asyncio.Task[None] | None = None
     last_active: float = field(default_factory=time.monotonic)
@@ -48,8 +49,12 @@ class _Mailbox:
 
 
 class SessionManager:
-    def __init__(self, processor: TurnProcessor, cfg: SessionsConfig,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        processor: TurnProcessor,
+        cfg: SessionsConfig,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.processor = processor
         self.cfg = cfg
         self.clock = clock
@@ -82,9 +87,13 @@ class SessionManager:
             self.sessions.move_to_end(key)
         if len(box.queue) >= self.cfg.mailbox_size:
             self.busy_refusals += 1
-            return Reply.of_text(key, event.message_id,
-                                 "I'm still working on your earlier messages; please wait "
-                                 "a moment and send this again.", error="busy")
+            return Reply.of_text(
+                key,
+                event.message_id,
+                "I'm still working on your earlier messages; please wait "
+                "a moment and send this again.",
+                error="busy",
+            )
         fut: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
         box.queue.append((event, on_chunk, fut))
         box.last_active = self.clock()
@@ -100,25 +109,33 @@ class SessionManager:
                     box.live = await self.processor.load(box.key)
                     self.activations += 1
                 reply = await asyncio.wait_for(
-                    self.processor.process(box.live, event, on_chunk),
-                    self.cfg.turn_timeout_s)
+                    self.processor.process(box.live, event, on_chunk), self.cfg.turn_timeout_s
+                )
             except TimeoutError:
                 log.error("turn timed out session=%s event=%s", box.key, event.message_id)
-                reply = Reply.of_text(box.key, event.message_id,
-                                      "Sorry, that took too long. Please try again.",
-                                      error="timeout")
+                reply = Reply.of_text(
+                    box.key,
+                    event.message_id,
+                    "Sorry, that took too long. Please try again.",
+                    error="timeout",
+                )
             except AstrRayError as exc:
-                log.error("turn failed session=%s event=%s: %s", box.key, event.message_id,
-                          exc)
-                reply = Reply.of_text(box.key, event.message_id,
-                                      "Sorry, something went wrong on my side. Please try "
-                                      "again.", error="internal")
+                log.error("turn failed session=%s event=%s: %s", box.key, event.message_id, exc)
+                reply = Reply.of_text(
+                    box.key,
+                    event.message_id,
+                    "Sorry, something went wrong on my side. Please try again.",
+                    error="internal",
+                )
                 box.live = None  # reload from the store on the next turn
             except Exception:
                 log.exception("turn crashed session=%s event=%s", box.key, event.message_id)
-                reply = Reply.of_text(box.key, event.message_id,
-                                      "Sorry, something went wrong on my side. Please try "
-                                      "again.", error="internal")
+                reply = Reply.of_text(
+                    box.key,
+                    event.message_id,
+                    "Sorry, something went wrong on my side. Please try again.",
+                    error="internal",
+                )
                 box.live = None
             box.queue.popleft()
             self.turns += 1

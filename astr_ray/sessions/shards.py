@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass
+from typing import Any
 
 __all__ = ["ShardTable", "shard_of"]
 
@@ -26,8 +27,9 @@ class ShardTable:
     owner: tuple[int, ...]  # shard -> index into hosts
 
     @classmethod
-    def round_robin(cls, shards: int, hosts: list[str] | tuple[str, ...], epoch: int = 1
-                    ) -> ShardTable:
+    def round_robin(
+        cls, shards: int, hosts: list[str] | tuple[str, ...], epoch: int = 1
+    ) -> ShardTable:
         if not hosts:
             raise ValueError("a shard table needs at least one host")
         return cls(epoch, tuple(hosts), tuple(i % len(hosts) for i in range(shards)))
@@ -50,7 +52,7 @@ class ShardTable:
         if not hosts:
             raise ValueError("a shard table needs at least one host")
         new_hosts = tuple(hosts)
-        target = -(-self.shards // len(new_hosts))  # ceil: most shards one host may keep
+        target = self.shards // len(new_hosts)  # each host keeps at most its fair share
         counts = dict.fromkeys(new_hosts, 0)
         owner: list[str | None] = []
         for h in self.owner:
@@ -60,18 +62,18 @@ class ShardTable:
                 owner.append(name)
             else:
                 owner.append(None)
-        for s, name in enumerate(owner):
+        placed: list[str] = []
+        for name in owner:
             if name is None:
-                least = min(new_hosts, key=lambda n: counts[n])
-                counts[least] += 1
-                owner[s] = least
+                name = min(new_hosts, key=lambda n: counts[n])
+                counts[name] += 1
+            placed.append(name)
         index = {n: i for i, n in enumerate(new_hosts)}
-        return ShardTable(self.epoch + 1, new_hosts, tuple(index[n] for n in owner if n))
+        return ShardTable(self.epoch + 1, new_hosts, tuple(index[n] for n in placed))
 
-    def to_dict(self) -> dict[str, object]:
+    def to_dict(self) -> dict[str, Any]:
         return {"epoch": self.epoch, "hosts": list(self.hosts), "owner": list(self.owner)}
 
     @classmethod
-    def from_dict(cls, data: dict[str, object]) -> ShardTable:
-        return cls(int(data["epoch"]), tuple(data["hosts"]),  # type: ignore[arg-type,call-overload]
-                   tuple(data["owner"]))  # type: ignore[arg-type]
+    def from_dict(cls, data: dict[str, Any]) -> ShardTable:
+        return cls(int(data["epoch"]), tuple(data["hosts"]), tuple(data["owner"]))

@@ -68,9 +68,14 @@ class CommandContext:
 class TurnProcessor:
     """Runs turns. Shared by every session of a host; holds no per-session state."""
 
-    def __init__(self, store: Store, chain: ProviderChain, cfg: Config,
-                 commands: CommandRegistry | None = None,
-                 writer: TurnWriter | None = None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        chain: ProviderChain,
+        cfg: Config,
+        commands: CommandRegistry | None = None,
+        writer: TurnWriter | None = None,
+    ) -> None:
         self.store = store
         self.chain = chain
         self.cfg = cfg
@@ -86,14 +91,17 @@ class TurnProcessor:
     async def _load_conversation(self, key: str, conversation_id: str) -> LiveSession:
         rows = await self.store.load_history(conversation_id, limit=self.history_messages)
         recent = await self.store.recent_processed(key, limit=RECENT_EVENTS)
-        history = [{"role": m.role, "content": m.content} for m in rows
-                   if m.role in ("user", "assistant")]
-        live = LiveSession(key, conversation_id, history,
-                           rows[-1].seq + 1 if rows else 0, OrderedDict(recent))
+        history = [
+            {"role": m.role, "content": m.content} for m in rows if m.role in ("user", "assistant")
+        ]
+        live = LiveSession(
+            key, conversation_id, history, rows[-1].seq + 1 if rows else 0, OrderedDict(recent)
+        )
         return live
 
-    async def process(self, live: LiveSession, event: Event,
-                      on_chunk: ChunkSink | None = None) -> Reply:
+    async def process(
+        self, live: LiveSession, event: Event, on_chunk: ChunkSink | None = None
+    ) -> Reply:
         """Answer one event; idempotent per ``event.message_id`` within the session."""
         stored = live.recent.get(event.message_id)
         if stored is not None:
@@ -105,40 +113,63 @@ class TurnProcessor:
             name, args = parsed
             command = self.commands.get(name)
             ctx = CommandContext(self, live, event)
-            answer = (await command.handler(ctx, args) if command is not None
-                      else self.commands.unknown(name))
+            answer = (
+                await command.handler(ctx, args)
+                if command is not None
+                else self.commands.unknown(name)
+            )
             reply = Reply.of_text(live.key, event.message_id, answer)
             return await self._commit(live, event, [], reply)
         if not text:
-            reply = Reply.of_text(live.key, event.message_id,
-                                  "I can only read text messages for now.")
+            reply = Reply.of_text(
+                live.key, event.message_id, "I can only read text messages for now."
+            )
             return await self._commit(live, event, [], reply)
-        messages = [{"role": "system", "content": self.cfg.system_prompt},
-                    *live.history[-self.history_messages:],
-                    {"role": "user", "content": text}]
+        messages = [
+            {"role": "system", "content": self.cfg.system_prompt},
+            *live.history[-self.history_messages :],
+            {"role": "user", "content": text},
+        ]
         try:
             result = await self.chain.complete(
-                messages, on_chunk, context={"session": live.key, "event": event.message_id})
+                messages, on_chunk, context={"session": live.key, "event": event.message_id}
+            )
         except ProviderUnavailableError as exc:
-            log.error("no provider answered session=%s event=%s: %s",
-                      live.key, event.message_id, exc.message)
+            log.error(
+                "no provider answered session=%s event=%s: %s",
+                live.key,
+                event.message_id,
+                exc.message,
+            )
             return Reply.of_text(
-                live.key, event.message_id,
-                "Sorry, I can't reach the language model right now. Please try again "
-                "in a moment.", error="provider_unavailable")
+                live.key,
+                event.message_id,
+                "Sorry, I can't reach the language model right now. Please try again in a moment.",
+                error="provider_unavailable",
+            )
         reply = Reply.of_text(live.key, event.message_id, result.content)
-        new = [NewMessage("user", text, {"sender": event.sender.id}),
-               NewMessage("assistant", result.content,
-                          {"provider": result.provider_id, "model": result.model,
-                           "prompt_tokens": result.prompt_tokens,
-                           "completion_tokens": result.completion_tokens})]
+        new = [
+            NewMessage("user", text, {"sender": event.sender.id}),
+            NewMessage(
+                "assistant",
+                result.content,
+                {
+                    "provider": result.provider_id,
+                    "model": result.model,
+                    "prompt_tokens": result.prompt_tokens,
+                    "completion_tokens": result.completion_tokens,
+                },
+            ),
+        ]
         return await self._commit(live, event, new, reply)
 
-    async def _commit(self, live: LiveSession, event: Event, new: list[NewMessage],
-                      reply: Reply) -> Reply:
+    async def _commit(
+        self, live: LiveSession, event: Event, new: list[NewMessage], reply: Reply
+    ) -> Reply:
         reply_dict = reply.to_dict()
-        record = TurnRecord(live.key, live.conversation_id, event.message_id, new,
-                            reply_dict, live.next_seq)
+        record = TurnRecord(
+            live.key, live.conversation_id, event.message_id, new, reply_dict, live.next_seq
+        )
         try:
             await self.writer.commit(record)
         except DuplicateEventError:

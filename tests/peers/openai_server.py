@@ -37,8 +37,14 @@ class Scripted:
 
 
 class FakeLLM:
-    def __init__(self, *, latency: float = 0.0, model_tag: str = "fake", record: int = 1000,
-                 stream_delay: float = 0.0):
+    def __init__(
+        self,
+        *,
+        latency: float = 0.0,
+        model_tag: str = "fake",
+        record: int = 1000,
+        stream_delay: float = 0.0,
+    ):
         self.latency = latency
         self.stream_delay = stream_delay
         self.model_tag = model_tag
@@ -67,8 +73,7 @@ class FakeLLM:
     def user_turns(self) -> list[list[str]]:
         """For each recorded request, the user texts it carried (oldest first)."""
         return [
-            [m["content"] for m in r["messages"] if m.get("role") == "user"]
-            for r in self.requests
+            [m["content"] for m in r["messages"] if m.get("role") == "user"] for r in self.requests
         ]
 
     # -- server --------------------------------------------------------------------
@@ -91,7 +96,8 @@ class FakeLLM:
             if step.status != 200:
                 return web.json_response(
                     step.body or {"error": {"message": f"scripted {step.status}"}},
-                    status=step.status, headers=step.headers,
+                    status=step.status,
+                    headers=step.headers,
                 )
         if self.mode == "down":
             return web.json_response({"error": {"message": "service down"}}, status=503)
@@ -120,17 +126,26 @@ class FakeLLM:
         for i, word in enumerate(words):
             piece = word if i == 0 else " " + word
             chunk = {
-                "id": "chatcmpl-fake", "object": "chat.completion.chunk",
-                "created": int(time.time()), "model": body.get("model", self.model_tag),
-                "choices": [{"index": 0, "delta": {"role": "assistant", "content": piece},
-                             "finish_reason": None}],
+                "id": "chatcmpl-fake",
+                "object": "chat.completion.chunk",
+                "created": int(time.time()),
+                "model": body.get("model", self.model_tag),
+                "choices": [
+                    {
+                        "index": 0,
+                        "delta": {"role": "assistant", "content": piece},
+                        "finish_reason": None,
+                    }
+                ],
             }
             await resp.write(f"data: {json.dumps(chunk)}\n\n".encode())
             if self.stream_delay:
                 await asyncio.sleep(self.stream_delay)
         final = {
-            "id": "chatcmpl-fake", "object": "chat.completion.chunk",
-            "created": int(time.time()), "model": body.get("model", self.model_tag),
+            "id": "chatcmpl-fake",
+            "object": "chat.completion.chunk",
+            "created": int(time.time()),
+            "model": body.get("model", self.model_tag),
             "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
         }
         await resp.write(f"data: {json.dumps(final)}\n\n".encode())
@@ -173,12 +188,22 @@ def _completion(body: dict[str, Any], content: str) -> dict[str, Any]:
     prompt_tokens = sum(len(str(m.get("content", "")).split()) for m in body.get("messages", []))
     completion_tokens = len(content.split())
     return {
-        "id": "chatcmpl-fake", "object": "chat.completion", "created": int(time.time()),
+        "id": "chatcmpl-fake",
+        "object": "chat.completion",
+        "created": int(time.time()),
         "model": body.get("model", "fake"),
-        "choices": [{"index": 0, "finish_reason": "stop",
-                     "message": {"role": "assistant", "content": content}}],
-        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                  "total_tokens": prompt_tokens + completion_tokens},
+        "choices": [
+            {
+                "index": 0,
+                "finish_reason": "stop",
+                "message": {"role": "assistant", "content": content},
+            }
+        ],
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        },
     }
 
 
@@ -188,8 +213,13 @@ def main() -> None:
     parser.add_argument("--latency", type=float, default=0.0)
     args = parser.parse_args()
     fake = FakeLLM(latency=args.latency, record=0)
-    web.run_app(fake.app(), host="127.0.0.1", port=args.port, access_log=None,
-                print=lambda *_: print(f"fake LLM on {args.port}", flush=True))
+    web.run_app(
+        fake.app(),
+        host="127.0.0.1",
+        port=args.port,
+        access_log=None,
+        print=lambda *_: print(f"fake LLM on {args.port}", flush=True),
+    )
 
 
 if __name__ == "__main__":
