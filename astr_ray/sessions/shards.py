@@ -63,11 +63,11 @@ class ShardTable:
             else:
                 owner.append(None)
         placed: list[str] = []
-        for name in owner:
-            if name is None:
-                name = min(new_hosts, key=lambda n: counts[n])
-                counts[name] += 1
-            placed.append(name)
+        for kept in owner:
+            if kept is None:
+                kept = min(new_hosts, key=lambda n: counts[n])
+                counts[kept] += 1
+            placed.append(kept)
         index = {n: i for i, n in enumerate(new_hosts)}
         return ShardTable(self.epoch + 1, new_hosts, tuple(index[n] for n in placed))
 
