@@ -215,6 +215,16 @@ class SessionHost:
         await self.lifecycle.ensure_started()
         return self.manager.is_active(session_key)
 
+    async def memory(self) -> dict[str, int]:
+        """This process's resident memory after a full collection, and live sessions."""
+        import gc
+
+        import psutil
+
+        gc.collect()
+        await self.lifecycle.ensure_started()
+        return {"rss": psutil.Process().memory_info().rss, "sessions": self.manager.active}
+
     async def passivate_now(self) -> int:
         """Passivate every idle session at once (tests, drains)."""
         await self.lifecycle.ensure_started()

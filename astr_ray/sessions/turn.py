@@ -24,13 +24,13 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from astr_ray.batching import BatchRunner
 from astr_ray.config import Config
 from astr_ray.errors import DuplicateEventError, ProviderUnavailableError, StoreError
 from astr_ray.message import Event, Reply
 from astr_ray.providers.chain import ProviderChain
 from astr_ray.sessions.commands import CommandRegistry, parse_command
-from astr_ray.sessions.writer import TurnWriter
-from astr_ray.store import NewMessage, Store, TurnRecord
+from astr_ray.store import Activation, NewMessage, Store, StoredMessage, TurnRecord
 
 __all__ = ["CommandContext", "LiveSession", "TurnProcessor", "builtin_commands"]
 
@@ -74,30 +74,44 @@ class TurnProcessor:
         chain: ProviderChain,
         cfg: Config,
         commands: CommandRegistry | None = None,
-        writer: TurnWriter | None = None,
     ) -> None:
         self.store = store
         self.chain = chain
         self.cfg = cfg
         self.commands = commands or builtin_commands()
-        self.writer = writer or TurnWriter(store)
         self.history_messages = 2 * cfg.sessions.history_turns
+        # Turns finishing together share a transaction; sessions activated together
+        # share one activation query (see astr_ray.batching).
+        self.commits: BatchRunner[TurnRecord, None] = BatchRunner(store.commit_turns)
+        self.activations: BatchRunner[str, Activation] = BatchRunner(self._activate_batch)
+
+    async def _activate_batch(self, keys: list[str]) -> list[Activation]:
+        acts = await self.store.activate_many(keys, self.history_messages, RECENT_EVENTS)
+        return [acts[k] for k in keys]
 
     async def load(self, key: str) -> LiveSession:
         """Activate: read the session's current conversation and recent event ids."""
-        state = await self.store.ensure_session(key)
-        return await self._load_conversation(key, state.conversation_id)
+        act = await self.activations.submit(key)
+        return self._live(key, act.conversation_id, act.history, act.recent)
+
+    def _live(
+        self,
+        key: str,
+        conversation_id: str,
+        rows: list[StoredMessage],
+        recent: dict[str, dict[str, Any]],
+    ) -> LiveSession:
+        history = [
+            {"role": m.role, "content": m.content} for m in rows if m.role in ("user", "assistant")
+        ]
+        return LiveSession(
+            key, conversation_id, history, rows[-1].seq + 1 if rows else 0, OrderedDict(recent)
+        )
 
     async def _load_conversation(self, key: str, conversation_id: str) -> LiveSession:
         rows = await self.store.load_history(conversation_id, limit=self.history_messages)
         recent = await self.store.recent_processed(key, limit=RECENT_EVENTS)
-        history = [
-            {"role": m.role, "content": m.content} for m in rows if m.role in ("user", "assistant")
-        ]
-        live = LiveSession(
-            key, conversation_id, history, rows[-1].seq + 1 if rows else 0, OrderedDict(recent)
-        )
-        return live
+        return self._live(key, conversation_id, rows, recent)
 
     async def process(
         self, live: LiveSession, event: Event, on_chunk: ChunkSink | None = None
@@ -171,7 +185,7 @@ class TurnProcessor:
             live.key, live.conversation_id, event.message_id, new, reply_dict, live.next_seq
         )
         try:
-            await self.writer.commit(record)
+            await self.commits.submit(record)
         except DuplicateEventError:
             # Another host (or an earlier life of this one) committed this event first.
             stored = await self.store.get_processed(live.key, event.message_id)

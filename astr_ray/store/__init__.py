@@ -6,17 +6,19 @@
 
 from __future__ import annotations
 
-from astr_ray.store.store import (
+from astr_ray.store.records import (
+    Activation,
     ActorEvent,
     ConversationInfo,
     NewMessage,
     SessionState,
-    Store,
     StoredMessage,
     TurnRecord,
 )
+from astr_ray.store.store import Store
 
 __all__ = [
+    "Activation",
     "ActorEvent",
     "ConversationInfo",
     "NewMessage",

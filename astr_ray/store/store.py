@@ -21,12 +21,11 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from alembic.util.exc import CommandError
-from sqlalchemy import URL, Table, event, func, make_url, select, update
+from sqlalchemy import URL, Table, bindparam, event, func, make_url, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import (
@@ -43,6 +42,14 @@ from sqlalchemy.sql import Executable
 
 from astr_ray.errors import DuplicateEventError, StoreError
 from astr_ray.store import migrate as _migrate
+from astr_ray.store.records import (
+    Activation,
+    ActorEvent,
+    ConversationInfo,
+    SessionState,
+    StoredMessage,
+    TurnRecord,
+)
 from astr_ray.store.tables import (
     actor_events,
     conversations,
@@ -51,15 +58,7 @@ from astr_ray.store.tables import (
     sessions,
 )
 
-__all__ = [
-    "ActorEvent",
-    "ConversationInfo",
-    "NewMessage",
-    "SessionState",
-    "Store",
-    "StoredMessage",
-    "TurnRecord",
-]
+__all__ = ["Store"]
 
 # busy_timeout first: switching to WAL needs a lock, and another process may hold it.
 _SQLITE_PRAGMAS = (
@@ -68,76 +67,6 @@ _SQLITE_PRAGMAS = (
     "PRAGMA synchronous=NORMAL",
     "PRAGMA foreign_keys=ON",
 )
-
-
-@dataclass(frozen=True, slots=True)
-class SessionState:
-    """A session and the conversation new turns go to."""
-
-    session_key: str
-    conversation_id: str
-
-
-@dataclass(frozen=True, slots=True)
-class ConversationInfo:
-    """One conversation of a session, as listed by ``Store.list_conversations``."""
-
-    id: str
-    title: str | None
-    persona: str | None
-    created_at: float
-    updated_at: float
-    message_count: int
-    is_current: bool
-
-
-@dataclass(frozen=True, slots=True)
-class StoredMessage:
-    """A message row; ``seq`` is its 0-based position in the conversation."""
-
-    seq: int
-    role: str
-    content: str
-    extra: dict[str, Any] | None
-    event_id: str | None
-    created_at: float
-
-
-@dataclass(frozen=True, slots=True)
-class NewMessage:
-    """A message to append. ``role`` is ``user``, ``assistant``, ``system`` or ``tool``."""
-
-    role: str
-    content: str
-    extra: dict[str, Any] | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class TurnRecord:
-    """What one finished turn writes, atomically.
-
-    ``next_seq`` is the seq of the first message (the caller knows the conversation's length).
-    ``reply`` is recorded under ``event_id`` as the idempotency record; it is required when
-    ``event_id`` is set and ignored when it is ``None``.
-    """
-
-    session_key: str
-    conversation_id: str
-    event_id: str | None
-    messages: Sequence[NewMessage]
-    reply: dict[str, Any] | None
-    next_seq: int
-
-
-@dataclass(frozen=True, slots=True)
-class ActorEvent:
-    """A lifecycle event of an actor (started, restarted, died, recreated...)."""
-
-    actor: str
-    kind: str
-    reason: str
-    pid: int | None
-    created_at: float
 
 
 class _Clock:
@@ -518,6 +447,151 @@ class Store:
             async with self._engine.connect() as conn:
                 rows = (await conn.execute(stmt)).all()
         return {event_id: reply for event_id, reply in reversed(rows)}
+
+    async def activate_many(
+        self, session_keys: Sequence[str], history_limit: int, recent_limit: int = 256
+    ) -> dict[str, Activation]:
+        """Bring many sessions to life at once: what ``ensure_session`` + ``load_history``
+        + ``recent_processed`` give for one, for all of ``session_keys``.
+
+        Costs one read of the session rows, one write transaction only if some are new
+        (creating each new session and its first conversation, with the same concurrency
+        guarantee as ``ensure_session``), and one windowed query each for history (the
+        last ``history_limit`` messages, ascending) and recent event ids (oldest first).
+        Hosts call it for the sessions activated together, so a burst of first messages
+        does not take the write lock once per session.
+        """
+        keys = list(dict.fromkeys(session_keys))
+        if not keys:
+            return {}
+        with self._errors("activate_many", sessions=len(keys)):
+            stmt = select(sessions.c.session_key, sessions.c.current_conversation_id).where(
+                sessions.c.session_key.in_(keys)
+            )
+            async with self._engine.connect() as conn:
+                current: dict[str, str | None] = {key: cid for key, cid in await conn.execute(stmt)}
+            fresh = [k for k in keys if current.get(k) is None]
+            if fresh:
+                await self._create_sessions(fresh, current)
+            known = [k for k in keys if k not in fresh]
+            history: dict[str, list[StoredMessage]] = {}
+            recent: dict[str, dict[str, dict[str, Any]]] = {}
+            if known:
+                async with self._engine.connect() as conn:
+                    cids = [cid for k in known if (cid := current[k]) is not None]
+                    history = await self._histories(conn, cids, history_limit)
+                    recent = await self._recents(conn, known, recent_limit)
+        out: dict[str, Activation] = {}
+        for k in keys:
+            cid = current[k]
+            assert cid is not None
+            out[k] = Activation(k, cid, history.get(cid, []), recent.get(k, {}))
+        return out
+
+    async def _create_sessions(self, keys: list[str], current: dict[str, str | None]) -> None:
+        async with self._write() as conn:
+            now = _now()
+            await conn.execute(
+                self._insert_ignore(sessions, "session_key"),
+                [
+                    {
+                        "session_key": k,
+                        "current_conversation_id": None,
+                        "created_at": now,
+                        "updated_at": now,
+                    }
+                    for k in keys
+                ],
+            )
+            stmt = select(sessions.c.session_key, sessions.c.current_conversation_id).where(
+                sessions.c.session_key.in_(keys)
+            )
+            if not self._sqlite:
+                stmt = stmt.with_for_update()
+            rows = (await conn.execute(stmt)).all()
+            created = []
+            for key, cid in rows:
+                if cid is None:
+                    cid = str(uuid.uuid4())
+                    created.append((key, cid))
+                current[key] = cid
+            if created:
+                await conn.execute(
+                    conversations.insert(),
+                    [
+                        {
+                            "id": cid,
+                            "session_key": key,
+                            "title": None,
+                            "persona": None,
+                            "created_at": now,
+                            "updated_at": now,
+                        }
+                        for key, cid in created
+                    ],
+                )
+                await conn.execute(
+                    update(sessions)
+                    .where(sessions.c.session_key == bindparam("b_key"))
+                    .values(current_conversation_id=bindparam("b_cid"), updated_at=now),
+                    [{"b_key": key, "b_cid": cid} for key, cid in created],
+                )
+
+    async def _histories(
+        self, conn: AsyncConnection, conversation_ids: list[str], limit: int
+    ) -> dict[str, list[StoredMessage]]:
+        rank = (
+            func.row_number()
+            .over(partition_by=messages.c.conversation_id, order_by=messages.c.seq.desc())
+            .label("rank")
+        )
+        inner = (
+            select(
+                messages.c.conversation_id,
+                messages.c.seq,
+                messages.c.role,
+                messages.c.content,
+                messages.c.extra,
+                messages.c.event_id,
+                messages.c.created_at,
+                rank,
+            )
+            .where(messages.c.conversation_id.in_(conversation_ids))
+            .subquery()
+        )
+        stmt = (
+            select(inner)
+            .where(inner.c.rank <= limit)
+            .order_by(inner.c.conversation_id, inner.c.seq)
+        )
+        out: dict[str, list[StoredMessage]] = {}
+        for row in await conn.execute(stmt):
+            out.setdefault(row[0], []).append(StoredMessage(*row[1:7]))
+        return out
+
+    async def _recents(
+        self, conn: AsyncConnection, keys: list[str], limit: int
+    ) -> dict[str, dict[str, dict[str, Any]]]:
+        pe = processed_events
+        rank = (
+            func.row_number()
+            .over(partition_by=pe.c.session_key, order_by=pe.c.created_at.desc())
+            .label("rank")
+        )
+        inner = (
+            select(pe.c.session_key, pe.c.event_id, pe.c.reply, pe.c.created_at, rank)
+            .where(pe.c.session_key.in_(keys))
+            .subquery()
+        )
+        stmt = (
+            select(inner.c.session_key, inner.c.event_id, inner.c.reply)
+            .where(inner.c.rank <= limit)
+            .order_by(inner.c.session_key, inner.c.created_at)
+        )
+        out: dict[str, dict[str, dict[str, Any]]] = {}
+        for key, event_id, reply in await conn.execute(stmt):
+            out.setdefault(key, {})[event_id] = reply
+        return out
 
     # -- actor events ------------------------------------------------------------------
 

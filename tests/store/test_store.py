@@ -415,3 +415,45 @@ async def test_actor_events_are_listed_newest_first(store: Store) -> None:
         "died",
     ]
     assert await store.list_actor_events(actor="nobody") == []
+
+
+async def test_activate_many_mixes_new_and_known_sessions(store: Store) -> None:
+    known = await store.ensure_session("tg:private:known")
+    for i in range(4):  # 8 messages, 4 events
+        await store.commit_turn(_turn(known, 2 * i, f"e{i}"))
+    other = await store.ensure_session("tg:private:other")
+    await store.commit_turn(_turn(other, 0, "o0"))
+    keys = ["tg:private:known", "tg:private:new1", "tg:private:other", "tg:private:new2"]
+    acts = await store.activate_many(keys, history_limit=3, recent_limit=2)
+    assert list(acts) == keys
+    k = acts["tg:private:known"]
+    assert k.conversation_id == known.conversation_id
+    assert [m.seq for m in k.history] == [5, 6, 7], "the last 3, ascending"
+    assert list(k.recent) == ["e2", "e3"], "the 2 most recent, oldest first"
+    assert [m.seq for m in acts["tg:private:other"].history] == [0, 1]
+    for new in ("tg:private:new1", "tg:private:new2"):
+        assert acts[new].history == [] and acts[new].recent == {}
+        assert (await store.ensure_session(new)).conversation_id == acts[new].conversation_id
+    again = await store.activate_many(keys, history_limit=3)
+    assert {k: a.conversation_id for k, a in again.items()} == {
+        k: a.conversation_id for k, a in acts.items()
+    }
+
+
+async def test_concurrent_activate_many_creates_one_conversation_each(
+    store_url: str, store: Store
+) -> None:
+    other = await Store.open(store_url)
+    try:
+        keys = [f"qq:group:{i}" for i in range(30)]
+        a, b, c = await asyncio.gather(
+            store.activate_many(keys, 10),
+            other.activate_many(keys[::-1], 10),
+            store.activate_many(keys[5:15], 10),
+        )
+    finally:
+        await other.close()
+    for key in keys:
+        assert a[key].conversation_id == b[key].conversation_id
+        assert len(await store.list_conversations(key)) == 1
+    assert all(c[k].conversation_id == a[k].conversation_id for k in keys[5:15])

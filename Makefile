@@ -1,0 +1,32 @@
+# The two set-up commands of the README: `make dev` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: dev test lint bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+# Install, then run the bot on this machine (single node: local Ray, SQLite, web chat).
+dev: $(STAMP)
+	$(VENV)/bin/astr-ray dev
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+# Install, lint, type-check, then run the whole test suite with coverage.
+test: lint
+	$(PY) -m pytest --cov=astr_ray --cov=actors --cov=dashboard --cov-report=term:skip-covered
+
+bench: $(STAMP)
+	$(PY) -m bench.webchat_throughput
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .coverage

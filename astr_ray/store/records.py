@@ -1,0 +1,97 @@
+"""The records the store reads and writes: plain frozen dataclasses, no ORM."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = [
+    "Activation",
+    "ActorEvent",
+    "ConversationInfo",
+    "NewMessage",
+    "SessionState",
+    "StoredMessage",
+    "TurnRecord",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class SessionState:
+    """A session and the conversation new turns go to."""
+
+    session_key: str
+    conversation_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class ConversationInfo:
+    """One conversation of a session, as listed by ``Store.list_conversations``."""
+
+    id: str
+    title: str | None
+    persona: str | None
+    created_at: float
+    updated_at: float
+    message_count: int
+    is_current: bool
+
+
+@dataclass(frozen=True, slots=True)
+class StoredMessage:
+    """A message row; ``seq`` is its 0-based position in the conversation."""
+
+    seq: int
+    role: str
+    content: str
+    extra: dict[str, Any] | None
+    event_id: str | None
+    created_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class NewMessage:
+    """A message to append. ``role`` is ``user``, ``assistant``, ``system`` or ``tool``."""
+
+    role: str
+    content: str
+    extra: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TurnRecord:
+    """What one finished turn writes, atomically.
+
+    ``next_seq`` is the seq of the first message (the caller knows the conversation's length).
+    ``reply`` is recorded under ``event_id`` as the idempotency record; it is required when
+    ``event_id`` is set and ignored when it is ``None``.
+    """
+
+    session_key: str
+    conversation_id: str
+    event_id: str | None
+    messages: Sequence[NewMessage]
+    reply: dict[str, Any] | None
+    next_seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class ActorEvent:
+    """A lifecycle event of an actor (started, restarted, died, recreated...)."""
+
+    actor: str
+    kind: str
+    reason: str
+    pid: int | None
+    created_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Activation:
+    """What a session host needs to bring one session to life (see ``activate_many``)."""
+
+    session_key: str
+    conversation_id: str
+    history: list[StoredMessage] = field(default_factory=list)
+    recent: dict[str, dict[str, Any]] = field(default_factory=dict)
