@@ -1,8 +1,11 @@
 """HostRouter: how an adapter reaches the SessionHost that owns a session.
 
-    adapter ──send(event)──► HostRouter ──batch per host (window ms)──► host.handle_batch
+    adapter ──send(event)──► HostRouter ──batch per host──► host.handle_batch
                                  ▲            retried on RayActorError      │
                                  └────── replies as each completes ◄────────┘
+
+Batching adapts to load: an idle router sends at once; while calls to a host follow
+each other within ``window_ms``, what arrives in that window goes in one call.
 
 Delivery is at-least-once with the platform message id as the idempotency key: when a
 host dies mid-batch, the items that had not come back are sent again (with backoff,
@@ -52,6 +55,7 @@ class HostRouter:
         self.table: ShardTable | None = None
         self._handles: dict[str, Any] = {}
         self._pending: dict[str, list[_Item]] = {}
+        self._last_flush: dict[str, float] = {}
         self._refreshing: asyncio.Task[None] | None = None
         self._inflight: set[asyncio.Future[None]] = set()  # keep batch tasks referenced
         self.batches = 0
@@ -85,13 +89,20 @@ class HostRouter:
         assert self.table is not None
         host = self.table.host_of(_key(item.event))
         batch = self._pending.get(host)
-        if batch is None:
-            self._pending[host] = [item]
-            asyncio.get_running_loop().call_later(self.window, self._flush, host)
-        else:
+        if batch is not None:
             batch.append(item)
+            return
+        self._pending[host] = [item]
+        loop = asyncio.get_running_loop()
+        if loop.time() - self._last_flush.get(host, -1e9) < self.window:
+            # Under load: gather what arrives within the window into one call.
+            loop.call_later(self.window, self._flush, host)
+        else:
+            # Idle: send on the next loop tick (messages of this tick still share it).
+            loop.call_soon(self._flush, host)
 
     def _flush(self, host: str) -> None:
+        self._last_flush[host] = asyncio.get_running_loop().time()
         items = self._pending.pop(host, [])
         if items:
             task = asyncio.ensure_future(self._run_batch(host, items))

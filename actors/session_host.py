@@ -216,14 +216,19 @@ class SessionHost:
         return self.manager.is_active(session_key)
 
     async def memory(self) -> dict[str, int]:
-        """This process's resident memory after a full collection, and live sessions."""
+        """Resident memory and Python's allocated blocks after a full collection."""
         import gc
+        import sys
 
         import psutil
 
         gc.collect()
         await self.lifecycle.ensure_started()
-        return {"rss": psutil.Process().memory_info().rss, "sessions": self.manager.active}
+        return {
+            "rss": psutil.Process().memory_info().rss,
+            "sessions": self.manager.active,
+            "blocks": sys.getallocatedblocks(),
+        }
 
     async def passivate_now(self) -> int:
         """Passivate every idle session at once (tests, drains)."""

@@ -253,7 +253,13 @@ async def run_memory(args: argparse.Namespace, tmp: Path) -> None:
         )
         print(
             f"  per active session {per_active / 1024:.2f} KiB of RSS; per passivated "
-            f"session {per_passive / 1024:.2f} KiB (what the allocator has not returned)"
+            f"session {per_passive / 1024:.2f} KiB of RSS (pages the allocator keeps)"
+        )
+        blocks_active = (active["blocks"] - base["blocks"]) / n
+        blocks_passive = (passive["blocks"] - base["blocks"]) / n
+        print(
+            f"  Python objects (allocated blocks) per session: active {blocks_active:.0f}, "
+            f"after passivation {blocks_passive:.1f} (freed for reuse)"
         )
         print(
             f"  projected: 10,000 active ~ {per_active * 10_000 / 2**20:.0f} MiB per host "
