@@ -116,7 +116,12 @@ class HostRouter:
         remaining = dict(enumerate(items))
         reroute: list[_Item] = []
         try:
-            gen = self._handle(host).handle_batch.remote(epoch, [it.event for it in items])
+            handle = self._handle(host)
+        except ValueError:  # no actor by that name right now: the supervisor recreates it
+            await self._retry(items, host)
+            return
+        try:
+            gen = handle.handle_batch.remote(epoch, [it.event for it in items])
             async for ref in gen:
                 for idx, result in await ref:
                     item = remaining.pop(idx)
@@ -138,7 +143,7 @@ class HostRouter:
                 type(exc).__name__,
                 len(remaining),
             )
-            await self._retry(list(remaining.values()), exc)
+            await self._retry(list(remaining.values()), host)
             return
         except Exception as exc:
             log.exception("batch to %s failed", host)
@@ -151,7 +156,9 @@ class HostRouter:
             for item in reroute:
                 await self._enqueue(item)
 
-    async def _retry(self, items: list[_Item], exc: BaseException) -> None:
+    async def _retry(self, items: list[_Item], host: str) -> None:
+        """Send again after a backoff; the handle is looked up again (it may be new)."""
+        self._handles.pop(host, None)
         now = time.monotonic()
         alive = []
         for item in items:
@@ -192,7 +199,11 @@ class HostRouter:
             assert self.table is not None
             host = self.table.host_of(event.session_key)
             try:
-                gen = self._handle(host).stream_turn.remote(self.table.epoch, data)
+                try:
+                    handle = self._handle(host)
+                except ValueError as exc:  # being recreated
+                    raise RayActorError() from exc
+                gen = handle.stream_turn.remote(self.table.epoch, data)
                 async for ref in gen:
                     item = await ref
                     if "wrong_shard" in item:
@@ -210,6 +221,7 @@ class HostRouter:
                         yield {"reply": reply}
                         return
             except _RETRY:
+                self._handles.pop(host, None)
                 attempts += 1
                 if time.monotonic() - first_sent > self.deadline_s:
                     yield {

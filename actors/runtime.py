@@ -20,6 +20,7 @@ def init_local(cfg: Config, *, dashboard: bool = True) -> dict[str, Any]:
     """
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     ctx = ray.init(
+        address="local",  # always a new instance: never attach to another cluster here
         namespace=cfg.runtime.namespace,
         include_dashboard=dashboard,
         dashboard_host="127.0.0.1",

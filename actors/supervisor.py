@@ -137,14 +137,21 @@ class Supervisor:
         for name, kind, factory in specs:
             self.children[name] = Child(name, kind, factory)
         # Start in order (directory and pools before the hosts that call them).
+        attached = 0
         for child in self.children.values():
             child.handle = child.factory()
             info, fresh = await self._call_start(child)
             child.pid, child.state, child.last_info = info.get("pid"), "alive", info
+            attached += not fresh
             await self._event(
                 child,
                 "started" if fresh else "attached",
                 "created by the supervisor" if fresh else "re-attached to the running actor",
+            )
+        if attached:
+            # Only a restarted supervisor finds its children running already.
+            await self._record(
+                "supervisor", "restarted", f"re-attached to {attached} running actors", os.getpid()
             )
         self._loop_task = asyncio.create_task(self._reconcile_forever())
 
@@ -247,11 +254,14 @@ class Supervisor:
         await self._event(child, "recreated", f"was dead: {child.last_error}", child.pid)
 
     async def _event(self, child: Child, kind: str, reason: str, pid: int | None = None) -> None:
-        log.info("%s %s: %s", child.name, kind, reason)
+        await self._record(child.name, kind, reason, pid or child.pid)
+
+    async def _record(self, actor: str, kind: str, reason: str, pid: int | None) -> None:
+        log.info("%s %s: %s", actor, kind, reason)
         try:
-            await self.store.record_actor_event(child.name, kind, reason, pid or child.pid)
+            await self.store.record_actor_event(actor, kind, reason, pid)
         except Exception:
-            log.exception("could not record actor event for %s", child.name)
+            log.exception("could not record actor event for %s", actor)
 
     # -- queries ------------------------------------------------------------------------
     async def health(self) -> dict[str, Any]:

@@ -313,3 +313,68 @@ async def test_sigkill_of_other_actors_keeps_serving(chat: ChatClient, kind: str
             return False
 
     await _wait_for(restarted)
+
+
+async def test_actor_dead_for_good_is_recreated_by_the_supervisor(chat: ChatClient) -> None:
+    """Ray gives up on an actor killed with no_restart; the Supervisor makes a new one."""
+    import ray
+
+    rt = chat.rt
+    s = new_session()
+    assert (await chat.ask(s, "before"))["text"] == "echo: before (turn 1)"
+    name, host = await rt.host_of(f"webchat:private:{s}")
+    ray.kill(host, no_restart=True)
+    reply = await chat.ask(s, "after")  # routed again once the new host is up
+    assert reply["text"] == "echo: after (turn 2)", reply
+
+    async def logged() -> bool:
+        log = (await rt.status())["restart_log"]
+        kinds = {e["kind"] for e in log if e["actor"] == name}
+        return {"died", "recreated"} <= kinds
+
+    await _wait_for(logged)
+
+
+async def test_supervisor_killed_reattaches_to_the_running_tree(chat: ChatClient) -> None:
+    import ray
+
+    rt = chat.rt
+    before = {a["name"]: a["pid"] for a in (await rt.status())["actors"]}
+    sup_pid = (await rt.supervisor.ping.remote())["pid"]
+    os.kill(sup_pid, signal.SIGKILL)
+    s = new_session()
+    assert (await chat.ask(s, "during"))["error"] is None, "the tree serves without it"
+
+    async def back() -> dict[str, Any] | None:
+        try:
+            return await rt.supervisor.status.remote()
+        except ray.exceptions.RayActorError:
+            return None
+
+    status = await _wait_for(back)
+    after = {a["name"]: a["pid"] for a in status["actors"]}
+    assert after == before, "children were re-attached, not restarted"
+    assert all(a["state"] == "alive" for a in status["actors"])
+    assert any(
+        e["actor"] == "supervisor" and e["kind"] == "restarted" for e in status["restart_log"]
+    )
+
+
+async def test_full_mailbox_answers_busy_and_loses_nothing_else(
+    chat: ChatClient, fake_llm: FakeLLM
+) -> None:
+    rt = chat.rt
+    fake_llm.latency = 0.2
+    s = new_session()
+    n = rt.cfg.sessions.mailbox_size + 8
+    replies = await asyncio.gather(*(chat.ask(s, f"m{i}", message_id=f"{s}-{i}") for i in range(n)))
+    busy = [r for r in replies if r["error"] == "busy"]
+    done = [r for r in replies if r["error"] is None]
+    assert busy and len(busy) + len(done) == n
+    assert "still working" in busy[0]["text"]
+    stored = [c for role, c in await _messages(rt, s) if role == "user"]
+    assert len(stored) == len(done), "every accepted message is answered and stored once"
+    # A refused message can be sent again later and is answered.
+    fake_llm.latency = 0.0
+    again = await chat.ask(s, "retry", message_id=busy[0]["message_id"])
+    assert again["error"] is None and again["duplicate"] is False
