@@ -140,3 +140,41 @@ def test_dev_runs_chats_and_stops_cleanly_on_ctrl_c(tmp_path: Path, fake_llm: Fa
     assert proc.returncode == 0, "".join(lines) + rest
     assert "stopped." in rest
     assert (tmp_path / "data" / "astr_ray.db").exists()
+
+
+def test_run_joins_a_cluster_and_a_second_run_reattaches(
+    ray_cluster: dict[str, str], fake_llm: FakeLLM, tmp_path: Path
+) -> None:
+    import ray
+
+    ns = "run-test-" + str(os.getpid())
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "data_dir": str(tmp_path / "data"),
+                "providers": [{"id": "p", "model": "openai/m", "api_base": fake_llm.base_url}],
+                "sessions": {"hosts": 1},
+                "webchat": {"port": free_port(), "token": "run-token"},
+                "runtime": {"namespace": ns},
+            }
+        )
+    )
+    args = [*CLI, "-c", str(cfg), "run", "--address", ray_cluster["gcs_address"]]
+    first = subprocess.run(args, capture_output=True, text=True, timeout=180, env=_env())
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "astr-ray is up" in first.stdout and "tree: ok" in first.stdout
+    sup = ray.get_actor("supervisor", namespace=ns)
+    pids = {a["name"]: a["pid"] for a in ray.get(sup.status.remote(), timeout=30)["actors"]}
+    second = subprocess.run(args, capture_output=True, text=True, timeout=180, env=_env())
+    assert second.returncode == 0, second.stdout + second.stderr
+    status = ray.get(sup.status.remote(), timeout=30)
+    assert {a["name"]: a["pid"] for a in status["actors"]} == pids, "no second tree"
+    stop = subprocess.run(
+        [*CLI, "-c", str(cfg), "stop", "--address", ray_cluster["gcs_address"]],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=_env(),
+    )
+    assert stop.returncode == 0 and "stopped." in stop.stdout, stop.stderr
