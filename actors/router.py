@@ -2,7 +2,7 @@
 
     adapter ──send(event)──► HostRouter ──batch per host──► host.handle_batch
                                  ▲            retried on RayActorError      │
-                                 └────── replies as each completes ◄────────┘
+                                 └── replies (stragglers via collect) ◄─────┘
 
 Batching adapts to load: an idle router sends at once; while calls to a host follow
 each other within ``window_ms``, what arrives in that window goes in one call.
@@ -48,9 +48,17 @@ class _Item:
 
 
 class HostRouter:
-    def __init__(self, namespace: str, *, window_ms: float = 2.0, deadline_s: float = 60.0) -> None:
+    def __init__(
+        self,
+        namespace: str,
+        *,
+        window_ms: float = 2.0,
+        hold_ms: float = 10.0,
+        deadline_s: float = 60.0,
+    ) -> None:
         self.namespace = namespace
         self.window = window_ms / 1000
+        self.hold_ms = hold_ms
         self.deadline_s = deadline_s
         self.table: ShardTable | None = None
         self._handles: dict[str, Any] = {}
@@ -121,21 +129,23 @@ class HostRouter:
             await self._retry(items, host)
             return
         try:
-            gen = handle.handle_batch.remote(epoch, [it.event for it in items])
-            async for ref in gen:
-                for idx, result in await ref:
+            answer = await handle.handle_batch.remote(
+                epoch, [it.event for it in items], self.hold_ms
+            )
+            while True:
+                for idx, result in answer["done"]:
                     item = remaining.pop(idx)
                     if "wrong_shard" in result:
                         reroute.append(item)
                     elif "invalid" in result:
                         item.future.set_exception(ValueError(result["invalid"]))
                     else:
-                        reply = Reply.from_dict(result)
-                        if item.attempts and reply.duplicate:
-                            # Our own earlier attempt committed it but its answer was lost.
-                            reply = reply.model_copy(update={"duplicate": False})
-                        if not item.future.done():
-                            item.future.set_result(reply)
+                        self._deliver(item, Reply.from_dict(result))
+                if answer.get("lost"):
+                    raise RayActorError()  # the host restarted between our calls
+                if not answer["more"]:
+                    break
+                answer = await handle.collect.remote(answer["more"], self.hold_ms)
         except _RETRY as exc:
             log.warning(
                 "host %s unavailable (%s); retrying %d messages",
@@ -155,6 +165,14 @@ class HostRouter:
             await self.refresh()
             for item in reroute:
                 await self._enqueue(item)
+
+    @staticmethod
+    def _deliver(item: _Item, reply: Reply) -> None:
+        if item.attempts and reply.duplicate:
+            # Our own earlier attempt committed it but its answer was lost.
+            reply = reply.model_copy(update={"duplicate": False})
+        if not item.future.done():
+            item.future.set_result(reply)
 
     async def _retry(self, items: list[_Item], host: str) -> None:
         """Send again after a backoff; the handle is looked up again (it may be new)."""

@@ -46,6 +46,7 @@ class WebChatAdapter:
         self.router = HostRouter(
             self.cfg.runtime.namespace,
             window_ms=sess.batch_window_ms,
+            hold_ms=sess.batch_hold_ms,
             deadline_s=max(60.0, sess.turn_timeout_s),
         )
         token = self.cfg.webchat.token.get_secret_value() if self.cfg.webchat.token else ""

@@ -80,6 +80,7 @@ class SessionsConfig(_Section):
     history_turns: int = Field(default=50, ge=1, description="turns sent to the LLM")
     turn_timeout_s: float = Field(default=180.0, gt=0)
     batch_window_ms: float = Field(default=2.0, ge=0, le=100)
+    batch_hold_ms: float = Field(default=10.0, ge=0, le=1000)
     stream_flush_ms: float = Field(default=80.0, ge=0)
 
 
@@ -284,6 +285,7 @@ sessions:
   history_turns: 50          # turns of history sent to the LLM
   turn_timeout_s: 180
   batch_window_ms: 2         # adapter->host batching window under load
+  batch_hold_ms: 10          # a finished reply waits at most this for its batch-mates
   stream_flush_ms: 80        # coalesce streamed tokens into chunks this often
 
 webchat:

@@ -378,3 +378,42 @@ async def test_full_mailbox_answers_busy_and_loses_nothing_else(
     fake_llm.latency = 0.0
     again = await chat.ask(s, "retry", message_id=busy[0]["message_id"])
     assert again["error"] is None and again["duplicate"] is False
+
+
+async def test_fast_reply_is_not_held_by_a_slow_one_in_the_same_batch(
+    chat: ChatClient, fake_llm: FakeLLM
+) -> None:
+    """One batch with a slow LLM turn and an instant command: the command's reply comes
+    back in the first answer, the LLM turn is parked and collected afterwards."""
+    from astr_ray.message import ChatType, Event, Sender, Text
+
+    rt = chat.rt
+    slow = new_session()
+    name, host = await rt.host_of(f"webchat:private:{slow}")
+    fast = new_session()
+    while (await rt.host_of(f"webchat:private:{fast}"))[0] != name:
+        fast = new_session()
+
+    def event(session: str, text: str) -> dict[str, Any]:
+        return Event(
+            platform_id="webchat",
+            chat_type=ChatType.PRIVATE,
+            chat_id=session,
+            sender=Sender(id=session),
+            message_id=uuid.uuid4().hex,
+            components=(Text(text=text),),
+        ).to_dict()
+
+    fake_llm.latency = 2.0
+    epoch = (await host.ping.remote())["epoch"]
+    first = await host.handle_batch.remote(
+        epoch, [event(slow, "take your time"), event(fast, "/help")], 10.0
+    )
+    assert [idx for idx, _ in first["done"]] == [1], "only the command is done"
+    assert "Commands:" in first["done"][0][1]["components"][0]["text"]
+    assert first["more"] is not None
+    rest = await host.collect.remote(first["more"], 10.0)
+    assert [idx for idx, _ in rest["done"]] == [0] and rest["more"] is None
+    assert rest["done"][0][1]["components"][0]["text"] == "echo: take your time (turn 1)"
+    lost = await host.collect.remote("no-such-token", 10.0)
+    assert lost["lost"] is True
