@@ -119,24 +119,18 @@ class SessionManager:
                     "Sorry, that took too long. Please try again.",
                     error="timeout",
                 )
-            except AstrRayError as exc:
-                log.error("turn failed session=%s event=%s: %s", box.key, event.message_id, exc)
+            except Exception as exc:
+                if isinstance(exc, AstrRayError):  # a known failure: one line says it all
+                    log.error("turn failed session=%s event=%s: %s", box.key, event.message_id, exc)
+                else:
+                    log.exception("turn crashed session=%s event=%s", box.key, event.message_id)
                 reply = Reply.of_text(
                     box.key,
                     event.message_id,
                     "Sorry, something went wrong on my side. Please try again.",
                     error="internal",
                 )
-                box.live = None  # reload from the store on the next turn
-            except Exception:
-                log.exception("turn crashed session=%s event=%s", box.key, event.message_id)
-                reply = Reply.of_text(
-                    box.key,
-                    event.message_id,
-                    "Sorry, something went wrong on my side. Please try again.",
-                    error="internal",
-                )
-                box.live = None
+                box.live = None  # the cache may be stale: reload from the store next turn
             box.queue.popleft()
             self.turns += 1
             box.last_active = self.clock()

@@ -134,3 +134,21 @@ async def test_non_retryable_error_goes_straight_to_fallback(
 async def test_no_provider_configured_is_a_clear_error() -> None:
     with pytest.raises(ProviderUnavailableError, match="no LLM provider is configured"):
         await ProviderChain([]).complete(MESSAGES)
+
+
+@pytest.mark.parametrize("garbage", ["garbage", "not-json"])
+async def test_garbage_from_a_model_falls_back_then_fails_clearly(
+    chain_kind: str, garbage: str, fake_llm: FakeLLM, fake_fallback: FakeLLM
+) -> None:
+    fake_llm.mode = garbage
+    chain = ProviderChain(
+        [_slot(fake_llm, "a", chain_kind, max_retries=0), _slot(fake_fallback, "b", chain_kind)]
+    )
+    try:
+        assert (await chain.complete(MESSAGES)).provider_id == "b"
+        fake_fallback.mode = garbage
+        with pytest.raises(ProviderUnavailableError) as err:
+            await chain.complete(MESSAGES)
+    finally:
+        await chain.close()
+    assert "a:" in str(err.value) and "b:" in str(err.value)

@@ -103,6 +103,12 @@ class FakeLLM:
             return web.json_response({"error": {"message": "service down"}}, status=503)
         if self.mode == "hang":
             await asyncio.sleep(3600)
+        if self.mode == "garbage":  # 200 OK, but not a chat completion
+            return web.Response(
+                text='{"choices": "none of your business"}', content_type="application/json"
+            )
+        if self.mode == "not-json":
+            return web.Response(text="<html>502 gateway</html>", content_type="text/html")
         if self.latency:
             await asyncio.sleep(self.latency)
         content = self.answer(body)
