@@ -244,6 +244,10 @@ async def run_memory(args: argparse.Namespace, tmp: Path) -> None:
         active = await host.memory.remote()
         await host.passivate_now.remote()
         passive = await host.memory.remote()
+        # A second round of new sessions tells a leak (grows again) from a cache (flat).
+        await closed_loop(tree.url, n, 2, tree.headers, chat_body)
+        await host.passivate_now.remote()
+        second = await host.memory.remote()
         per_active = (active["rss"] - base["rss"]) / n
         per_passive = max(0, passive["rss"] - base["rss"]) / n
         print(
@@ -257,9 +261,11 @@ async def run_memory(args: argparse.Namespace, tmp: Path) -> None:
         )
         blocks_active = (active["blocks"] - base["blocks"]) / n
         blocks_passive = (passive["blocks"] - base["blocks"]) / n
+        blocks_second = (second["blocks"] - passive["blocks"]) / n
         print(
             f"  Python objects (allocated blocks) per session: active {blocks_active:.0f}, "
-            f"after passivation {blocks_passive:.1f} (freed for reuse)"
+            f"after passivation {blocks_passive:.1f}; a second round of {n} new sessions "
+            f"left {blocks_second:.1f} more each, RSS {second['rss'] / 2**20:.1f} MiB"
         )
         print(
             f"  projected: 10,000 active ~ {per_active * 10_000 / 2**20:.0f} MiB per host "

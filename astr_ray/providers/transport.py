@@ -104,8 +104,10 @@ class NativeOpenAITransport:
 
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
+            # No more connections than calls the provider may have in flight: the pool
+            # (and each connection's buffers) is bounded by max_concurrency.
             self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300),
+                connector=aiohttp.TCPConnector(limit=self.cfg.max_concurrency, ttl_dns_cache=300),
                 headers=self._headers,
             )
         return self._session
