@@ -64,3 +64,27 @@ def setup_logging(component: str) -> None:
 
 def get_actor(name: str, namespace: str) -> Any:
     return ray.get_actor(name, namespace=namespace)
+
+
+class RayMetricsMirror:
+    """Copies a ``Metrics`` snapshot into ``ray.util.metrics`` gauges so the same
+    figures show on Ray's dashboard (exported as ``ray_<name>``). Counters become gauges
+    of their running totals; histograms export their ``_sum`` and ``_count``."""
+
+    def __init__(self, actor: str) -> None:
+        self.actor = actor
+        self._gauges: dict[tuple[str, tuple[str, ...]], Any] = {}
+
+    def update(self, snapshot: Any) -> None:
+        from ray.util.metrics import Gauge
+
+        from astr_ray.metrics import flatten
+
+        for name, labels, value in flatten(snapshot):
+            if name.endswith("_bucket") or name.endswith("_created"):
+                continue
+            keys = (*sorted(labels), "actor")
+            gauge = self._gauges.get((name, keys))
+            if gauge is None:
+                gauge = self._gauges[(name, keys)] = Gauge(name, tag_keys=keys)
+            gauge.set(value, tags={**labels, "actor": self.actor})

@@ -28,11 +28,12 @@ from typing import Any
 
 import ray
 
-from actors.common import DIRECTORY, get_actor, pool_name, setup_logging
+from actors.common import DIRECTORY, RayMetricsMirror, get_actor, pool_name, setup_logging
 from astr_ray.config import Config, parse_config
 from astr_ray.errors import MessageFormatError
 from astr_ray.lifecycle import Lifecycle
 from astr_ray.message import Event, Reply
+from astr_ray.metrics import Metrics, Snapshot
 from astr_ray.providers import PermitCache, ProviderChain, ProviderSlot, make_transport
 from astr_ray.providers.permits import Grant, Outcomes
 from astr_ray.sessions.manager import SessionManager
@@ -56,6 +57,8 @@ class SessionHost:
         self.owned: frozenset[int] = frozenset()
         self._maint: asyncio.Task[None] | None = None
         self._parked: dict[str, tuple[set[asyncio.Task[Any]], float]] = {}
+        self.metrics = Metrics(host=True)
+        self._mirror = RayMetricsMirror(name)
 
     # -- lifecycle ----------------------------------------------------------------------
     async def start(self) -> None:
@@ -76,9 +79,9 @@ class SessionHost:
                     PermitCache(p.id, self._fetcher(pool), reuse=p.requests_per_minute is None),
                 )
             )
-        self.chain = ProviderChain(slots)
+        self.chain = ProviderChain(slots, metrics=self.metrics)
         self.processor = TurnProcessor(self.store, self.chain, self.cfg)
-        self.manager = SessionManager(self.processor, self.cfg.sessions)
+        self.manager = SessionManager(self.processor, self.cfg.sessions, metrics=self.metrics)
         self._maint = asyncio.create_task(self._maintenance())
         log.info(
             "session host up: %d shards of %d, epoch %d",
@@ -117,11 +120,15 @@ class SessionHost:
         self.owned = self.table.shards_of(self.name)
 
     async def _maintenance(self) -> None:
+        ticks = 0
         while True:
             await asyncio.sleep(0.5)
+            ticks += 1
             try:
                 self.manager.passivate_idle()
                 self._drop_abandoned()
+                if ticks % 10 == 0:
+                    self._mirror.update(self.metrics_snapshot())
                 for slot in self.chain.slots:
                     await slot.permits.maintain()
             except Exception:
@@ -240,6 +247,12 @@ class SessionHost:
             info["owned_shards"] = len(self.owned)
             info["epoch"] = self.table.epoch if self.table else 0
         return info
+
+    def metrics_snapshot(self) -> Snapshot:
+        if hasattr(self, "manager"):
+            self.metrics.active_sessions.set(self.manager.active)
+            self.metrics.mailbox_depth.set(self.manager.mailbox_depth())
+        return self.metrics.snapshot()
 
     async def is_active(self, session_key: str) -> bool:
         await self.lifecycle.ensure_started()

@@ -31,6 +31,7 @@ from ray.exceptions import ActorDiedError, GetTimeoutError, RayActorError
 from actors.common import (
     DIRECTORY,
     WEBCHAT,
+    RayMetricsMirror,
     child_options,
     host_name,
     pool_name,
@@ -42,6 +43,7 @@ from actors.session_host import SessionHost
 from actors.webchat import WebChatAdapter
 from astr_ray.config import Config, parse_config
 from astr_ray.lifecycle import Lifecycle
+from astr_ray.metrics import Metrics, Snapshot
 from astr_ray.store import Store
 
 log = logging.getLogger(__name__)
@@ -72,6 +74,8 @@ class Supervisor:
         self.children: dict[str, Child] = {}
         self._loop_task: asyncio.Task[None] | None = None
         self.started_at = time.time()
+        self._metrics = Metrics()
+        self._mirror = RayMetricsMirror("supervisor")
 
     # -- lifecycle ----------------------------------------------------------------------
     async def start(self) -> dict[str, Any]:
@@ -254,6 +258,8 @@ class Supervisor:
         await self._event(child, "recreated", f"was dead: {child.last_error}", child.pid)
 
     async def _event(self, child: Child, kind: str, reason: str, pid: int | None = None) -> None:
+        if kind in ("restarted", "recreated", "died"):
+            self._metrics.restarts.labels(child.name, kind).inc()
         await self._record(child.name, kind, reason, pid or child.pid)
 
     async def _record(self, actor: str, kind: str, reason: str, pid: int | None) -> None:
@@ -310,6 +316,26 @@ class Supervisor:
 
     async def ping(self) -> dict[str, Any]:
         return {"pid": os.getpid(), "state": self.lifecycle.state.value}
+
+    async def metrics(self) -> dict[str, Snapshot]:
+        """Every actor's metrics snapshot, by actor name (children that do not answer
+        within 5 s are left out, never waited for)."""
+        kinds = ("session_host", "adapter")
+        children = [c for c in self.children.values() if c.kind in kinds and c.handle]
+
+        async def one(child: Child) -> tuple[str, Snapshot | None]:
+            try:
+                snap = await asyncio.wait_for(child.handle.metrics_snapshot.remote(), 5)
+                return child.name, snap
+            except Exception:
+                return child.name, None
+
+        out: dict[str, Snapshot] = {"supervisor": self._metrics.snapshot()}
+        for name, snap in await asyncio.gather(*(one(c) for c in children)):
+            if snap is not None:
+                out[name] = snap
+        self._mirror.update(out["supervisor"])
+        return out
 
 
 def _bind(fn: Any, *args: Any) -> Any:

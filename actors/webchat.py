@@ -16,11 +16,12 @@ from typing import Any
 import ray
 import uvicorn
 
-from actors.common import SUPERVISOR, get_actor, setup_logging
+from actors.common import SUPERVISOR, RayMetricsMirror, get_actor, setup_logging
 from actors.router import HostRouter
 from astr_ray.config import Config, parse_config
 from astr_ray.lifecycle import Lifecycle
 from astr_ray.message import Event, Reply
+from astr_ray.metrics import Metrics, Snapshot
 from dashboard.webchat import create_app
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,9 @@ class WebChatAdapter:
         self._serve: asyncio.Task[None] | None = None
         self._health: tuple[float, dict[str, Any]] = (0.0, {})
         self.messages = 0
+        self.metrics = Metrics()
+        self._mirror = RayMetricsMirror("adapter-webchat")
+        self._mirror_task: asyncio.Task[None] | None = None
 
     async def start(self) -> dict[str, Any]:
         await self.lifecycle.start()
@@ -68,6 +72,7 @@ class WebChatAdapter:
             await asyncio.sleep(0.025)
         if self._serve.done():
             self._serve.result()  # raises the bind error
+        self._mirror_task = asyncio.create_task(self._mirror_forever())
         log.info("web chat on http://%s:%d", self.cfg.webchat.host, self.cfg.webchat.port)
 
     async def _on_stop(self) -> None:
@@ -94,13 +99,41 @@ class WebChatAdapter:
 
     # -- ChatBackend ------------------------------------------------------------------
     async def send(self, event: Event) -> Reply:
-        self.messages += 1
-        return await self.router.send(event)
+        self._count("in")
+        reply = await self.router.send(event)
+        self._count("out")
+        return reply
 
     async def stream(self, event: Event) -> AsyncIterator[dict[str, Any]]:
-        self.messages += 1
+        self._count("in")
         async for item in self.router.stream(event):
+            if "reply" in item:
+                self._count("out")
             yield item
+
+    def _count(self, direction: str) -> None:
+        if direction == "in":
+            self.messages += 1
+        self.metrics.messages.labels("webchat", direction).inc()
+
+    def metrics_snapshot(self) -> Snapshot:
+        return self.metrics.snapshot()
+
+    async def metrics_text(self) -> bytes:
+        """The whole tree's metrics in Prometheus' text format (for ``/metrics``)."""
+        from astr_ray.metrics import render
+
+        sup = get_actor(SUPERVISOR, self.cfg.runtime.namespace)
+        snapshots = await asyncio.wait_for(sup.metrics.remote(), timeout=10)
+        return render(snapshots)
+
+    async def _mirror_forever(self) -> None:
+        while True:
+            await asyncio.sleep(5)
+            try:
+                self._mirror.update(self.metrics.snapshot())
+            except Exception:
+                log.exception("mirroring metrics to Ray failed")
 
     async def health(self) -> dict[str, Any]:
         """The Supervisor's view of the tree, cached for a second."""

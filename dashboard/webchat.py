@@ -1,6 +1,7 @@
 """The web chat API: HTTP and WebSocket endpoints over a ``ChatBackend``.
 
     GET  /health           no token; 200 when the actor tree is up, 503 otherwise
+    GET  /metrics          Prometheus text format, every actor's figures (token)
     POST /api/chat         {"session", "text", "message_id"?} -> {"reply", ...}
     WS   /ws/chat          client: {"type": "message", "session", "text", "message_id"?}
                            server: {"type": "chunk", "message_id", "text"} ...
@@ -47,6 +48,8 @@ class ChatBackend(Protocol):
     def stream(self, event: Event) -> AsyncIterator[dict[str, Any]]: ...
 
     async def health(self) -> dict[str, Any]: ...
+
+    async def metrics_text(self) -> bytes: ...
 
 
 class BadRequest(ValueError):
@@ -103,6 +106,13 @@ def create_app(backend: ChatBackend, token: str, *, max_chars: int = 16_000) -> 
     async def health(request: Request) -> Response:
         info = await backend.health()
         return JSONResponse(info, status_code=200 if info.get("ok") else 503)
+
+    async def metrics(request: Request) -> Response:
+        if not authorized(bearer(request)):
+            return JSONResponse({"error": "missing or wrong token"}, status_code=401)
+        return Response(
+            await backend.metrics_text(), media_type="text/plain; version=0.0.4; charset=utf-8"
+        )
 
     async def chat(request: Request) -> Response:
         if not authorized(bearer(request)):
@@ -178,6 +188,7 @@ def create_app(backend: ChatBackend, token: str, *, max_chars: int = 16_000) -> 
     return Starlette(
         routes=[
             Route("/health", health, methods=["GET"]),
+            Route("/metrics", metrics, methods=["GET"]),
             Route("/api/chat", chat, methods=["POST"]),
             WebSocketRoute("/ws/chat", ws_chat),
         ]

@@ -41,7 +41,9 @@ def ray_cluster() -> Iterator[dict[str, Any]]:
     import ray
 
     tmp = tempfile.mkdtemp(prefix="astr-", dir="/tmp")
+    metrics_port = free_port()
     ctx = ray.init(
+        _metrics_export_port=metrics_port,
         num_cpus=2,
         include_dashboard=False,
         log_to_driver=False,
@@ -50,7 +52,11 @@ def ray_cluster() -> Iterator[dict[str, Any]]:
         _node_ip_address="127.0.0.1",
         namespace="astr-ray-tests",
     )
-    yield {"gcs_address": ctx.address_info["gcs_address"], "temp_dir": tmp}
+    yield {
+        "gcs_address": ctx.address_info["gcs_address"],
+        "temp_dir": tmp,
+        "metrics_port": metrics_port,
+    }
     ray.shutdown()
 
 
@@ -127,6 +133,7 @@ class Runtime:
     cfg: Config
     supervisor: Any
     gcs_address: str
+    ray_metrics_port: int
 
     @property
     def namespace(self) -> str:
@@ -173,7 +180,7 @@ def runtime(
     cfg = runtime_config(tmp_path_factory.mktemp("runtime"), fake_llm, fake_fallback)
     sup, status = rt.start_tree(cfg, timeout=180)
     assert status["ok"], status
-    yield Runtime(cfg, sup, ray_cluster["gcs_address"])
+    yield Runtime(cfg, sup, ray_cluster["gcs_address"], ray_cluster["metrics_port"])
     rt.stop_tree(cfg.runtime.namespace, handle=sup)
 
 

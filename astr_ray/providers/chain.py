@@ -22,6 +22,7 @@ from typing import Any
 
 from astr_ray.config import ProviderConfig
 from astr_ray.errors import ProviderError, ProviderRetryableError, ProviderUnavailableError
+from astr_ray.metrics import Metrics
 from astr_ray.providers.permits import PermitCache
 from astr_ray.providers.transport import ChatResult, Transport
 
@@ -52,10 +53,15 @@ class ChainResult:
 
 class ProviderChain:
     def __init__(
-        self, slots: list[ProviderSlot], *, sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep
+        self,
+        slots: list[ProviderSlot],
+        *,
+        sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+        metrics: Metrics | None = None,
     ) -> None:
         self.slots = slots
         self._sleep = sleep
+        self.metrics = metrics
 
     async def close(self) -> None:
         for slot in self.slots:
@@ -94,6 +100,7 @@ class ProviderChain:
                     result = await self._call(slot, messages, on_chunk, emitted)
                 except ProviderRetryableError as exc:
                     slot.permits.release(ok=False, error=exc.message)
+                    self._count_error(pid)
                     log.warning(
                         "LLM call failed (attempt %d) provider=%s: %s %s",
                         attempt + 1,
@@ -112,6 +119,7 @@ class ProviderChain:
                     break
                 except ProviderError as exc:
                     slot.permits.release(ok=False, error=exc.message)
+                    self._count_error(pid)
                     log.warning(
                         "LLM call failed provider=%s: %s %s", pid, exc.message, _ctx(context)
                     )
@@ -125,6 +133,10 @@ class ProviderChain:
                     slot.permits.release(ok=None)
                     raise
                 slot.permits.release(ok=True)
+                if self.metrics is not None:
+                    self.metrics.llm_seconds.labels(pid).observe(time.perf_counter() - started)
+                    self.metrics.llm_tokens.labels(pid, "prompt").inc(result.prompt_tokens)
+                    self.metrics.llm_tokens.labels(pid, "completion").inc(result.completion_tokens)
                 return ChainResult(
                     result.content,
                     pid,
@@ -137,6 +149,10 @@ class ProviderChain:
         raise ProviderUnavailableError(
             "; ".join(reasons) or "no provider answered", **(context or {})
         )
+
+    def _count_error(self, provider_id: str) -> None:
+        if self.metrics is not None:
+            self.metrics.llm_errors.labels(provider_id).inc()
 
     @staticmethod
     def _delay(cfg: ProviderConfig, attempt: int, retry_after: float | None) -> float:

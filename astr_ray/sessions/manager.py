@@ -24,6 +24,7 @@ from typing import Any
 from astr_ray.config import SessionsConfig
 from astr_ray.errors import AstrRayError
 from astr_ray.message import Event, Reply
+from astr_ray.metrics import Metrics
 from astr_ray.sessions.turn import LiveSession, TurnProcessor
 
 __all__ = ["SessionManager"]
@@ -54,8 +55,10 @@ class SessionManager:
         processor: TurnProcessor,
         cfg: SessionsConfig,
         clock: Callable[[], float] = time.monotonic,
+        metrics: Metrics | None = None,
     ) -> None:
         self.processor = processor
+        self.metrics = metrics
         self.cfg = cfg
         self.clock = clock
         self.sessions: OrderedDict[str, _Mailbox] = OrderedDict()
@@ -104,6 +107,7 @@ class SessionManager:
     async def _work(self, box: _Mailbox) -> None:
         while box.queue:
             event, on_chunk, fut = box.queue[0]
+            started = time.perf_counter()
             try:
                 if box.live is None:
                     box.live = await self.processor.load(box.key)
@@ -133,6 +137,10 @@ class SessionManager:
                 box.live = None  # the cache may be stale: reload from the store next turn
             box.queue.popleft()
             self.turns += 1
+            if self.metrics is not None:
+                self.metrics.turn_seconds.labels(reply.error or "ok").observe(
+                    time.perf_counter() - started
+                )
             box.last_active = self.clock()
             if not fut.done():
                 fut.set_result(reply)

@@ -417,3 +417,48 @@ async def test_fast_reply_is_not_held_by_a_slow_one_in_the_same_batch(
     assert rest["done"][0][1]["components"][0]["text"] == "echo: take your time (turn 1)"
     lost = await host.collect.remote("no-such-token", 10.0)
     assert lost["lost"] is True
+
+
+async def test_metrics_endpoint_and_rays_metrics_show_the_traffic(chat: ChatClient) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    rt = chat.rt
+    for i in range(3):
+        await chat.ask(new_session(), f"count me {i}")
+    async with chat.http.get(f"{rt.http}/metrics") as resp:
+        assert resp.status == 401, "metrics need the token"
+    async with chat.http.get(
+        f"{rt.http}/metrics", headers={"Authorization": f"Bearer {rt.token}"}
+    ) as resp:
+        assert resp.status == 200
+        text = await resp.text()
+    samples = [s for f in text_string_to_metric_families(text) for s in f.samples]
+
+    def total(name: str, **labels: str) -> float:
+        return sum(
+            s.value
+            for s in samples
+            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
+        )
+
+    assert total("astr_ray_messages_total", platform="webchat", direction="in") >= 3
+    assert total("astr_ray_messages_total", direction="out") >= 3
+    assert total("astr_ray_turn_seconds_count", outcome="ok") >= 3
+    assert total("astr_ray_llm_seconds_count", provider="primary") >= 3
+    assert total("astr_ray_llm_tokens_total", provider="primary", kind="completion") > 0
+    hosts = {s.labels["actor"] for s in samples if s.name == "astr_ray_active_sessions"}
+    assert hosts == {"session-host-0", "session-host-1"}
+    assert "sk-test-primary" not in text
+
+    # The same figures reach Ray's own metrics export (Ray's dashboard), ~10 s later.
+    import aiohttp
+
+    async def in_ray() -> bool:
+        try:
+            async with chat.http.get(f"http://127.0.0.1:{rt.ray_metrics_port}/metrics") as r:
+                body = await r.text()
+        except aiohttp.ClientError:
+            return False
+        return "ray_astr_ray_turn_seconds_count" in body and "session-host-" in body
+
+    await _wait_for(in_ray, within=60, interval=2)
