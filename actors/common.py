@@ -62,6 +62,11 @@ def setup_logging(component: str) -> None:
     root._astr_ray_configured = True  # type: ignore[attr-defined]
 
 
+def node_id() -> str:
+    """The Ray node this process runs on."""
+    return str(ray.get_runtime_context().get_node_id())
+
+
 def get_actor(name: str, namespace: str) -> Any:
     return ray.get_actor(name, namespace=namespace)
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import ray
 
-from actors.common import setup_logging
+from actors.common import node_id, setup_logging
 from astr_ray.sessions.shards import ShardTable
 
 
@@ -32,7 +32,15 @@ class ShardDirectory:
             self._table = self._table.with_hosts(hosts)
         return self._table.to_dict()
 
+    def set_table(self, table: dict[str, Any]) -> dict[str, Any]:
+        """Publish a placement the Supervisor computed (phase 2 of a shard move).
+        An older epoch never replaces a newer one."""
+        new = ShardTable.from_dict(table)
+        if new.epoch >= self._table.epoch:
+            self._table = new
+        return self._table.to_dict()
+
     def ping(self) -> dict[str, Any]:
         import os
 
-        return {"pid": os.getpid(), "epoch": self._table.epoch}
+        return {"pid": os.getpid(), "node_id": node_id(), "epoch": self._table.epoch}

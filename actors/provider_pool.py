@@ -13,7 +13,7 @@ from typing import Any
 
 import ray
 
-from actors.common import setup_logging
+from actors.common import node_id, setup_logging
 from astr_ray.config import ProviderConfig
 from astr_ray.providers.permits import Grant, Outcomes, PermitLedger
 
@@ -35,4 +35,4 @@ class ProviderPool:
         self.ledger.forget(holder)
 
     def ping(self) -> dict[str, Any]:
-        return {"pid": os.getpid(), **self.ledger.snapshot()}
+        return {"pid": os.getpid(), "node_id": node_id(), **self.ledger.snapshot()}

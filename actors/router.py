@@ -79,6 +79,12 @@ class HostRouter:
         directory = get_actor(DIRECTORY, self.namespace)
         self.table = ShardTable.from_dict(await directory.table.remote())
 
+    async def _refresh_quietly(self) -> None:
+        try:
+            await self.refresh()
+        except Exception as exc:  # the directory is restarting: keep the table we have
+            log.warning("shard table refresh failed: %s", type(exc).__name__)
+
     def _handle(self, host: str) -> Any:
         handle = self._handles.get(host)
         if handle is None:
@@ -162,7 +168,10 @@ class HostRouter:
                     item.future.set_exception(exc)
             return
         if reroute:
-            await self.refresh()
+            # A shard is moving (or our table is stale): wait a moment for the new
+            # placement to be published, then route again.
+            await asyncio.sleep(0.05)
+            await self._refresh_quietly()
             for item in reroute:
                 await self._enqueue(item)
 
@@ -198,6 +207,7 @@ class HostRouter:
         self.retries += len(alive)
         delay = min(2.0, 0.2 * 2 ** min(alive[0].attempts, 4))
         await asyncio.sleep(delay)
+        await self._refresh_quietly()  # the host may have been replaced meanwhile
         for item in alive:
             await self._enqueue(item)
 
@@ -225,7 +235,8 @@ class HostRouter:
                 async for ref in gen:
                     item = await ref
                     if "wrong_shard" in item:
-                        await self.refresh()
+                        await asyncio.sleep(0.05)
+                        await self._refresh_quietly()
                         break
                     if "invalid" in item:
                         raise ValueError(item["invalid"])

@@ -28,7 +28,14 @@ from typing import Any
 
 import ray
 
-from actors.common import DIRECTORY, RayMetricsMirror, get_actor, pool_name, setup_logging
+from actors.common import (
+    DIRECTORY,
+    RayMetricsMirror,
+    get_actor,
+    node_id,
+    pool_name,
+    setup_logging,
+)
 from astr_ray.config import Config, parse_config
 from astr_ray.errors import MessageFormatError
 from astr_ray.lifecycle import Lifecycle
@@ -55,6 +62,7 @@ class SessionHost:
         self.lifecycle = Lifecycle(name, self._on_start, self._on_stop)
         self.table: ShardTable | None = None
         self.owned: frozenset[int] = frozenset()
+        self.fenced: frozenset[int] = frozenset()  # owned, but being handed over
         self._maint: asyncio.Task[None] | None = None
         self._parked: dict[str, tuple[set[asyncio.Task[Any]], float]] = {}
         self.metrics = Metrics(host=True)
@@ -149,9 +157,33 @@ class SessionHost:
             await self._refresh_table()
         if epoch < self.table.epoch:
             return self.table.epoch
-        if shard_of(key, self.table.shards) not in self.owned:
+        shard = shard_of(key, self.table.shards)
+        if shard not in self.owned or shard in self.fenced:
             return self.table.epoch
         return None
+
+    # -- shard moves (the Supervisor drives them: prepare on every host, publish, adopt) --
+    async def prepare(self, table: dict[str, Any]) -> int:
+        """Phase 1 of a move: stop taking messages for the shards this host loses under
+        ``table``, let their turns finish and passivate those sessions (their state is
+        in the store). Returns how many sessions were released."""
+        await self.lifecycle.ensure_started()
+        new = ShardTable.from_dict(table)
+        losing = self.owned - new.shards_of(self.name)
+        self.fenced = frozenset(losing)
+        if not losing:
+            return 0
+        return await self.manager.release(
+            lambda key: shard_of(key, new.shards) in losing, self.cfg.sessions.turn_timeout_s
+        )
+
+    async def adopt(self, table: dict[str, Any]) -> int:
+        """Phase 3: take the published table; returns the shards this host now owns."""
+        await self.lifecycle.ensure_started()
+        new = ShardTable.from_dict(table)
+        if self.table is None or new.epoch >= self.table.epoch:
+            self.table, self.owned, self.fenced = new, new.shards_of(self.name), frozenset()
+        return len(self.owned)
 
     async def _one(self, idx: int, epoch: int, data: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         try:
@@ -238,6 +270,7 @@ class SessionHost:
     async def ping(self) -> dict[str, Any]:
         info: dict[str, Any] = {
             "pid": os.getpid(),
+            "node_id": node_id(),
             "boot": self.boot,
             "state": self.lifecycle.state.value,
             "started_at": self.started_at,

@@ -44,6 +44,7 @@ from actors.webchat import WebChatAdapter
 from astr_ray.config import Config, parse_config
 from astr_ray.lifecycle import Lifecycle
 from astr_ray.metrics import Metrics, Snapshot
+from astr_ray.sessions.shards import ShardTable
 from astr_ray.store import Store
 
 log = logging.getLogger(__name__)
@@ -87,63 +88,34 @@ class Supervisor:
         self.cfg.data_dir.mkdir(parents=True, exist_ok=True)
         self.store = await Store.open(self.cfg.store_url)
         await self.store.migrate()
-        ns = self.cfg.runtime.namespace
-        cfg = self.transport
-        hosts = [host_name(i) for i in range(self.cfg.sessions.hosts)]
-        specs: list[tuple[str, str, Any]] = [
-            (
-                DIRECTORY,
-                "directory",
-                lambda: ShardDirectory.options(**child_options(DIRECTORY, ns)).remote(  # type: ignore[attr-defined]
-                    self.cfg.sessions.shards, hosts
-                ),
-            )
-        ]
-        for p in cfg["providers"]:
+        resources = ray.cluster_resources()
+        # Place by custom resource where the cluster marks nodes for it (cluster.yaml);
+        # a plain single node has none, and then everything may go anywhere.
+        self._host_placement: dict[str, Any] = {"scheduling_strategy": "SPREAD"}
+        if resources.get("session_hosts"):
+            self._host_placement["resources"] = {"session_hosts": 1}
+        self._adapter_placement: dict[str, Any] = (
+            {"resources": {"adapters": 1}} if resources.get("adapters") else {}
+        )
+        initial = [host_name(i) for i in range(self._desired_hosts(ray.nodes()))]
+        directory = self._directory_child(initial)
+        self.children[DIRECTORY] = directory
+        directory.handle = directory.factory()
+        # A re-attached directory already knows the placement (hosts may have moved on).
+        self.table = ShardTable.from_dict(await directory.handle.table.remote())
+        self._next_host = 1 + max((int(h.rsplit("-", 1)[1]) for h in self.table.hosts), default=-1)
+        for p in self.transport["providers"]:
             if p["enabled"]:
-                name = pool_name(p["id"])
-                specs.append(
-                    (
-                        name,
-                        "provider_pool",
-                        _bind(
-                            lambda p, name: ProviderPool.options(**child_options(name, ns)).remote(  # type: ignore[attr-defined]
-                                p
-                            ),
-                            p,
-                            name,
-                        ),
-                    )
-                )
-        for h in hosts:
-            specs.append(
-                (
-                    h,
-                    "session_host",
-                    _bind(
-                        lambda h: SessionHost.options(  # type: ignore[attr-defined]
-                            **child_options(h, ns, max_concurrency=100_000)
-                        ).remote(h, cfg),
-                        h,
-                    ),
-                )
-            )
+                self._add(self._pool_child(p))
+        for h in self.table.hosts:
+            self._add(self._host_child(h))
         if self.cfg.webchat.enabled:
-            specs.append(
-                (
-                    WEBCHAT,
-                    "adapter",
-                    lambda: WebChatAdapter.options(  # type: ignore[attr-defined]
-                        **child_options(WEBCHAT, ns, max_concurrency=100_000)
-                    ).remote(cfg),
-                )
-            )
-        for name, kind, factory in specs:
-            self.children[name] = Child(name, kind, factory)
+            self._add(self._adapter_child())
         # Start in order (directory and pools before the hosts that call them).
         attached = 0
         for child in self.children.values():
-            child.handle = child.factory()
+            if child.handle is None:
+                child.handle = child.factory()
             info, fresh = await self._call_start(child)
             child.pid, child.state, child.last_info = info.get("pid"), "alive", info
             attached += not fresh
@@ -159,12 +131,52 @@ class Supervisor:
             )
         self._loop_task = asyncio.create_task(self._reconcile_forever())
 
+    def _add(self, child: Child) -> None:
+        self.children[child.name] = child
+
+    def _directory_child(self, hosts: list[str]) -> Child:
+        opts = child_options(DIRECTORY, self.cfg.runtime.namespace)
+        shards = self.cfg.sessions.shards
+        actor_cls: Any = ShardDirectory
+        return Child(
+            DIRECTORY, "directory", lambda: actor_cls.options(**opts).remote(shards, hosts)
+        )
+
+    def _pool_child(self, provider: dict[str, Any]) -> Child:
+        name = pool_name(provider["id"])
+        opts = child_options(name, self.cfg.runtime.namespace)
+        return Child(name, "provider_pool", lambda: ProviderPool.options(**opts).remote(provider))  # type: ignore[attr-defined]
+
+    def _host_child(self, name: str) -> Child:
+        opts = child_options(
+            name, self.cfg.runtime.namespace, max_concurrency=100_000, **self._host_placement
+        )
+        cfg = self.transport
+        return Child(name, "session_host", lambda: SessionHost.options(**opts).remote(name, cfg))  # type: ignore[attr-defined]
+
+    def _adapter_child(self) -> Child:
+        opts = child_options(
+            WEBCHAT, self.cfg.runtime.namespace, max_concurrency=100_000, **self._adapter_placement
+        )
+        cfg = self.transport
+        return Child(WEBCHAT, "adapter", lambda: WebChatAdapter.options(**opts).remote(cfg))  # type: ignore[attr-defined]
+
+    def _desired_hosts(self, nodes: list[dict[str, Any]]) -> int:
+        """``sessions.hosts``, or ``hosts_per_node`` for each live node marked with the
+        ``session_hosts`` resource (every live node when none is marked)."""
+        per = self.cfg.sessions.hosts_per_node
+        if per is None:
+            return self.cfg.sessions.hosts
+        alive = [n for n in nodes if n.get("Alive")]
+        marked = [n for n in alive if n.get("Resources", {}).get("session_hosts", 0) > 0]
+        return max(1, per * len(marked or alive))
+
     async def _call_start(self, child: Child) -> tuple[dict[str, Any], bool]:
         """Start the child; ``fresh`` is False when it was running already (re-attach)."""
         fresh = True
         if child.kind in ("session_host", "adapter"):
             try:
-                await child.handle.start.remote()
+                await asyncio.wait_for(child.handle.start.remote(), 60)
             except RayActorError:
                 raise
             except Exception as exc:
@@ -198,10 +210,75 @@ class Supervisor:
         interval = self.cfg.runtime.supervise_interval_s
         while True:
             try:
-                await asyncio.gather(*(self._check(c) for c in self.children.values()))
+                await asyncio.gather(*(self._check(c) for c in list(self.children.values())))
+                await self._reconcile_hosts()
             except Exception:
                 log.exception("reconcile pass failed")
             await asyncio.sleep(interval)
+
+    async def _reconcile_hosts(self) -> None:
+        """Hosts follow the nodes: drop hosts whose node is gone, add hosts up to the
+        desired count, and move shards to match (prepare, publish, adopt)."""
+        nodes = await asyncio.to_thread(ray.nodes)
+        alive = {n["NodeID"] for n in nodes if n.get("Alive")}
+        for child in [c for c in self.children.values() if c.kind == "session_host"]:
+            node = child.last_info.get("node_id")
+            if child.state != "alive" and node and node not in alive:
+                await self._event(child, "lost", f"its node {node[:12]} is gone")
+                ray.kill(child.handle, no_restart=True)
+                del self.children[child.name]
+        hosts = [c for c in self.children.values() if c.kind == "session_host"]
+        desired = self._desired_hosts(nodes)
+        while len(hosts) < desired:
+            child = self._host_child(host_name(self._next_host))
+            self._next_host += 1
+            try:
+                child.handle = child.factory()
+                info, _ = await self._call_start(child)
+            except Exception as exc:  # no room yet; the next pass tries again
+                log.warning("could not place %s: %s", child.name, _first_line(exc))
+                ray.kill(child.handle, no_restart=True)
+                break
+            child.pid, child.state, child.last_info = info.get("pid"), "alive", info
+            self._add(child)
+            hosts.append(child)
+            await self._event(child, "started", "added: more nodes for session hosts")
+        extra = hosts[desired:]
+        target = [c.name for c in hosts[:desired]]
+        if target != list(self.table.hosts):
+            await self._move_shards(target)
+        for child in extra:
+            try:
+                await asyncio.wait_for(child.handle.stop.remote(), 15)
+            except Exception as exc:
+                log.warning("stopping %s: %s", child.name, _first_line(exc))
+            ray.kill(child.handle, no_restart=True)
+            del self.children[child.name]
+            await self._event(child, "removed", "fewer nodes for session hosts")
+
+    async def _move_shards(self, hosts: list[str]) -> None:
+        """Re-place shards onto ``hosts``: every live host first hands over the shards it
+        loses (their turns finish, sessions passivate), then the directory publishes the
+        new epoch, then every host adopts it."""
+        new = self.table.with_hosts(hosts)
+        table = new.to_dict()
+        live = [
+            c for c in self.children.values() if c.kind == "session_host" and c.state == "alive"
+        ]
+        await asyncio.gather(
+            *(c.handle.prepare.remote(table) for c in live), return_exceptions=True
+        )
+        await self.children[DIRECTORY].handle.set_table.remote(table)
+        await asyncio.gather(*(c.handle.adopt.remote(table) for c in live), return_exceptions=True)
+        old = {s: self.table.hosts[h] for s, h in enumerate(self.table.owner)}
+        moved = sum(1 for s, h in enumerate(new.owner) if old.get(s) != new.hosts[h])
+        self.table = new
+        await self._record(
+            DIRECTORY,
+            "rebalanced",
+            f"epoch {new.epoch}: {moved} shards moved; hosts {', '.join(hosts)}",
+            None,
+        )
 
     async def _check(self, child: Child) -> None:
         now = time.monotonic()
@@ -227,6 +304,9 @@ class Supervisor:
             child.last_error = _first_line(exc)
             return
         pid = info.get("pid")
+        if child.kind == "directory" and info.get("epoch") != self.table.epoch:
+            # The directory restarted with its initial table: give it the current one.
+            await child.handle.set_table.remote(self.table.to_dict())
         if child.pid is not None and pid != child.pid:
             child.restarts += 1
             await self._event(
@@ -289,12 +369,25 @@ class Supervisor:
             "ok": (await self.health())["ok"],
             "supervisor": {"pid": os.getpid(), "started_at": self.started_at},
             "namespace": self.cfg.runtime.namespace,
+            "epoch": self.table.epoch,
+            "nodes": [
+                {
+                    "node_id": n["NodeID"],
+                    "alive": n.get("Alive", False),
+                    "address": n.get("NodeManagerAddress"),
+                    "resources": {
+                        k: v for k, v in n.get("Resources", {}).items() if not k.startswith("node:")
+                    },
+                }
+                for n in await asyncio.to_thread(ray.nodes)
+            ],
             "actors": [
                 {
                     "name": c.name,
                     "kind": c.kind,
                     "state": c.state,
                     "pid": c.pid,
+                    "node_id": c.last_info.get("node_id"),
                     "restarts": c.restarts,
                     "last_error": c.last_error,
                     "info": c.last_info,

@@ -16,7 +16,7 @@ from typing import Any
 import ray
 import uvicorn
 
-from actors.common import SUPERVISOR, RayMetricsMirror, get_actor, setup_logging
+from actors.common import SUPERVISOR, RayMetricsMirror, get_actor, node_id, setup_logging
 from actors.router import HostRouter
 from astr_ray.config import Config, parse_config
 from astr_ray.lifecycle import Lifecycle
@@ -90,6 +90,7 @@ class WebChatAdapter:
             await self.lifecycle.ensure_started()
         return {
             "pid": os.getpid(),
+            "node_id": node_id(),
             "state": self.lifecycle.state.value,
             "port": self.cfg.webchat.port,
             "messages": self.messages,

@@ -73,6 +73,7 @@ class SessionsConfig(_Section):
     """Virtual sessions: how many hosts, how many shards, when sessions are passivated."""
 
     hosts: int = Field(default=2, ge=1, le=256)
+    hosts_per_node: int | None = Field(default=None, ge=1, le=64)
     shards: int = Field(default=1024, ge=1, le=65_536)
     idle_timeout_s: float = Field(default=600.0, gt=0)
     max_active_per_host: int = Field(default=10_000, ge=1)
@@ -278,6 +279,7 @@ store:
 
 sessions:
   hosts: 2                   # SessionHost actors (one or two per 2-core node)
+  hosts_per_node: null       # cluster: this many hosts per node marked `session_hosts`
   shards: 1024               # fixed number of session shards
   idle_timeout_s: 600        # passivate a session idle this long
   max_active_per_host: 10000 # LRU cap of live sessions per host

@@ -170,6 +170,27 @@ class SessionManager:
         self.passivations += dropped
         return dropped
 
+    async def release(self, matches: Callable[[str], bool], within: float) -> int:
+        """Passivate every session whose key ``matches`` once its turns are done (a shard
+        move). The caller has stopped new messages for them. Sessions still mid-turn
+        after ``within`` seconds are left running. Returns how many were released."""
+        keys = [k for k in self.sessions if matches(k)]
+        workers = {
+            box.worker
+            for k in keys
+            if (box := self.sessions[k]).worker is not None and not box.worker.done()
+        }
+        if workers:
+            await asyncio.wait(workers, timeout=within)
+        released = 0
+        for key in keys:
+            idle = self.sessions.get(key)
+            if idle is not None and not idle.busy:
+                del self.sessions[key]
+                released += 1
+        self.passivations += released
+        return released
+
     def is_active(self, key: str) -> bool:
         return key in self.sessions
 
