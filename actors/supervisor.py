@@ -88,14 +88,17 @@ class Supervisor:
         self.cfg.data_dir.mkdir(parents=True, exist_ok=True)
         self.store = await Store.open(self.cfg.store_url)
         await self.store.migrate()
-        resources = ray.cluster_resources()
         # Place by custom resource where the cluster marks nodes for it (cluster.yaml);
         # a plain single node has none, and then everything may go anywhere.
+        mode = self.cfg.runtime.placement
+        resources = ray.cluster_resources() if mode == "auto" else {}
+        use_hosts = mode == "resources" or bool(resources.get("session_hosts"))
+        use_adapters = mode == "resources" or bool(resources.get("adapters"))
         self._host_placement: dict[str, Any] = {"scheduling_strategy": "SPREAD"}
-        if resources.get("session_hosts"):
+        if use_hosts:
             self._host_placement["resources"] = {"session_hosts": 1}
         self._adapter_placement: dict[str, Any] = (
-            {"resources": {"adapters": 1}} if resources.get("adapters") else {}
+            {"resources": {"adapters": 1}} if use_adapters else {}
         )
         initial = [host_name(i) for i in range(self._desired_hosts(ray.nodes()))]
         directory = self._directory_child(initial)

@@ -100,6 +100,11 @@ class DashboardConfig(_Section):
 
 class RuntimeConfig(_Section):
     namespace: str = Field(default="astr-ray", min_length=1)
+    placement: Literal["auto", "resources", "any"] = Field(
+        default="auto",
+        description="resources: hosts need the `session_hosts` resource and adapters "
+        "`adapters`; any: no custom resources; auto: resources if the cluster has them",
+    )
     supervise_interval_s: float = Field(default=1.0, gt=0)
     restart_backoff_s: float = Field(default=1.0, gt=0)
     restart_backoff_max_s: float = Field(default=60.0, gt=0)
@@ -303,6 +308,7 @@ dashboard:
 
 runtime:
   namespace: astr-ray
+  placement: auto            # resources | any | auto (use custom resources if present)
   supervise_interval_s: 1
   restart_backoff_s: 1
   restart_backoff_max_s: 60

@@ -11,7 +11,6 @@ import asyncio
 import json
 import os
 import socket
-import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -19,12 +18,36 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import asyncpg
 import pytest
 
 from astr_ray.config import Config, parse_config
 from tests.peers.openai_server import FakeLLM
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+
+PG_ADMIN_DSN = os.environ.get("ASTR_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+@pytest.fixture(scope="module")
+async def pg_database() -> AsyncIterator[str]:
+    """A fresh, empty PostgreSQL database for this module, as an asyncpg SQLAlchemy URL."""
+    try:
+        admin = await asyncpg.connect(PG_ADMIN_DSN, timeout=5)
+    except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+        reason = f"PostgreSQL unreachable at {PG_ADMIN_DSN}: {exc!r}"
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    name = f"astr_store_{uuid.uuid4().hex[:12]}"
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        base = PG_ADMIN_DSN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://")
+        yield f"{base}/{name}"
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
 
 
 def free_port() -> int:
@@ -34,30 +57,39 @@ def free_port() -> int:
         return port
 
 
+# Node death is noticed in ~2 s instead of Ray's default ~30 s (documented for
+# production in cluster.yaml's start commands).
+FAST_HEALTH_CHECKS = {
+    "health_check_period_ms": 500,
+    "health_check_timeout_ms": 1000,
+    "health_check_failure_threshold": 4,
+    "health_check_initial_delay_ms": 0,
+}
+
+
 @pytest.fixture(scope="session")
 def ray_cluster() -> Iterator[dict[str, Any]]:
-    """A local Ray started once for the whole test session (FIELD_NOTES: per-test is 5x
-    slower). Its temp dir is short because Ray's socket paths have a length limit."""
+    """One Ray for the whole test session (FIELD_NOTES: per-test is 5x slower), started
+    as a ``ray.cluster_utils.Cluster`` head so that tests can add and remove nodes."""
     import ray
+    from ray.cluster_utils import Cluster
 
-    tmp = tempfile.mkdtemp(prefix="astr-", dir="/tmp")
     metrics_port = free_port()
-    ctx = ray.init(
-        _metrics_export_port=metrics_port,
-        num_cpus=2,
-        include_dashboard=False,
-        log_to_driver=False,
-        object_store_memory=100 * 1024 * 1024,
-        _temp_dir=tmp,
-        _node_ip_address="127.0.0.1",
-        namespace="astr-ray-tests",
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={
+            "num_cpus": 2,
+            "include_dashboard": False,
+            "object_store_memory": 100 * 1024 * 1024,
+            "metrics_export_port": metrics_port,
+            "resources": {"adapters": 1},  # like cluster.yaml's head node
+            "_system_config": FAST_HEALTH_CHECKS,
+        },
     )
-    yield {
-        "gcs_address": ctx.address_info["gcs_address"],
-        "temp_dir": tmp,
-        "metrics_port": metrics_port,
-    }
+    ray.init(address=cluster.address, namespace="astr-ray-tests", log_to_driver=False)
+    yield {"gcs_address": cluster.address, "metrics_port": metrics_port, "cluster": cluster}
     ray.shutdown()
+    cluster.shutdown()
 
 
 @pytest.fixture(scope="session")
@@ -118,7 +150,11 @@ def runtime_config(tmp: Path, primary: FakeLLM, fallback: FakeLLM, **overrides: 
         "fallback": ["primary", "fallback"],
         "sessions": {"hosts": 2, "shards": 64, "idle_timeout_s": 4, "stream_flush_ms": 40},
         "webchat": {"port": free_port(), "token": "test-token-" + uuid.uuid4().hex},
-        "runtime": {"namespace": "astr-test-" + uuid.uuid4().hex[:8], "supervise_interval_s": 0.5},
+        "runtime": {
+            "namespace": "astr-test-" + uuid.uuid4().hex[:8],
+            "supervise_interval_s": 0.5,
+            "placement": "any",
+        },
     }
     for key, value in overrides.items():
         if isinstance(value, dict):

@@ -489,6 +489,9 @@ class Store:
         return out
 
     async def _create_sessions(self, keys: list[str], current: dict[str, str | None]) -> None:
+        # Every writer takes the row locks in key order: two hosts activating overlapping
+        # sets of new sessions at once must not deadlock on PostgreSQL.
+        keys = sorted(keys)
         async with self._write() as conn:
             now = _now()
             await conn.execute(
@@ -503,8 +506,10 @@ class Store:
                     for k in keys
                 ],
             )
-            stmt = select(sessions.c.session_key, sessions.c.current_conversation_id).where(
-                sessions.c.session_key.in_(keys)
+            stmt = (
+                select(sessions.c.session_key, sessions.c.current_conversation_id)
+                .where(sessions.c.session_key.in_(keys))
+                .order_by(sessions.c.session_key)
             )
             if not self._sqlite:
                 stmt = stmt.with_for_update()

@@ -156,7 +156,7 @@ def test_run_joins_a_cluster_and_a_second_run_reattaches(
                 "providers": [{"id": "p", "model": "openai/m", "api_base": fake_llm.base_url}],
                 "sessions": {"hosts": 1},
                 "webchat": {"port": free_port(), "token": "run-token"},
-                "runtime": {"namespace": ns},
+                "runtime": {"namespace": ns, "placement": "any"},
             }
         )
     )

@@ -1,0 +1,185 @@
+"""Cluster mode on one machine: nodes added to and removed from the test session's Ray
+(a ``ray.cluster_utils.Cluster``), state in the real PostgreSQL server.
+
+Worker nodes carry the ``session_hosts`` resource (as cluster.yaml's session nodes do);
+the tree runs ``hosts_per_node: 2``, so hosts follow the nodes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import time
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import aiohttp
+import pytest
+
+from astr_ray.store import Store
+from tests.conftest import ChatClient, Runtime, free_port, new_session, runtime_config
+from tests.peers.openai_server import FakeLLM
+
+NODE = {"num_cpus": 0, "resources": {"session_hosts": 2}, "object_store_memory": 80 * 1024 * 1024}
+
+
+@pytest.fixture(scope="module")
+def cluster_rt(
+    ray_cluster: dict[str, Any],
+    fake_llm: FakeLLM,
+    fake_fallback: FakeLLM,
+    pg_database: str,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[Runtime, list[Any]]]:
+    from actors import runtime as rt
+
+    cluster = ray_cluster["cluster"]
+    nodes = [cluster.add_node(**NODE) for _ in range(2)]
+    cfg = runtime_config(
+        tmp_path_factory.mktemp("cluster"),
+        fake_llm,
+        fake_fallback,
+        store={"url": pg_database},
+        sessions={"hosts_per_node": 2, "idle_timeout_s": 60},
+        webchat={"port": free_port()},
+        runtime={"placement": "resources"},
+    )
+    sup, status = rt.start_tree(cfg, timeout=180)
+    assert status["ok"], status
+    try:
+        yield Runtime(cfg, sup, ray_cluster["gcs_address"], ray_cluster["metrics_port"]), nodes
+    finally:
+        rt.stop_tree(cfg.runtime.namespace, handle=sup)
+        for node in nodes:
+            if node in cluster.worker_nodes:
+                cluster.remove_node(node)
+
+
+@pytest.fixture
+async def cchat(cluster_rt: tuple[Runtime, list[Any]]) -> AsyncIterator[ChatClient]:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as http:
+        yield ChatClient(cluster_rt[0], http)
+
+
+async def _until(predicate: Any, within: float, interval: float = 0.25) -> Any:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        result = await predicate()
+        if result:
+            return result
+        await asyncio.sleep(interval)
+    raise AssertionError("condition not met in time")
+
+
+def _hosts(status: dict[str, Any]) -> list[dict[str, Any]]:
+    return [a for a in status["actors"] if a["kind"] == "session_host"]
+
+
+async def _stored(rt: Runtime, session: str) -> list[tuple[str, str]]:
+    store = await Store.open(rt.cfg.store_url)
+    try:
+        state = await store.ensure_session(f"webchat:private:{session}")
+        return [(m.role, m.content) for m in await store.load_history(state.conversation_id)]
+    finally:
+        await store.close()
+
+
+async def test_sessions_are_spread_over_nodes(
+    cchat: ChatClient, cluster_rt: tuple[Runtime, list[Any]]
+) -> None:
+    rt, nodes = cluster_rt
+    status = await rt.status()
+    hosts = _hosts(status)
+    worker_ids = {n.node_id for n in nodes}
+    assert len(hosts) == 4
+    assert {h["node_id"] for h in hosts} == worker_ids, "two hosts on each session node"
+    sessions = [new_session() for _ in range(16)]
+    for s in sessions:
+        assert (await cchat.ask(s, "hi"))["text"] == "echo: hi (turn 1)"
+    served = {(await rt.host_of(f"webchat:private:{s}"))[0] for s in sessions}
+    nodes_served = {h["node_id"] for h in _hosts(await rt.status()) if h["name"] in served}
+    assert nodes_served == worker_ids, "sessions live on both nodes"
+
+
+async def test_node_join_moves_shards_and_conversations_continue(
+    cchat: ChatClient, cluster_rt: tuple[Runtime, list[Any]], ray_cluster: dict[str, Any]
+) -> None:
+    rt, nodes = cluster_rt
+    sessions = [new_session() for _ in range(20)]
+    for s in sessions:
+        await cchat.ask(s, "before")
+    epoch = (await rt.status())["epoch"]
+    before = {s: (await rt.host_of(f"webchat:private:{s}"))[0] for s in sessions}
+    nodes.append(ray_cluster["cluster"].add_node(**NODE))
+
+    async def rebalanced() -> dict[str, Any] | None:
+        status = await rt.status()
+        return status if len(_hosts(status)) == 6 and status["epoch"] > epoch else None
+
+    status = await _until(rebalanced, within=60)
+    assert {h["node_id"] for h in _hosts(status)} >= {nodes[-1].node_id}
+    assert any(
+        e["actor"] == "shard-directory" and e["kind"] == "rebalanced" for e in status["restart_log"]
+    )
+    after = {s: (await rt.host_of(f"webchat:private:{s}"))[0] for s in sessions}
+    assert any(before[s] != after[s] for s in sessions), "some sessions moved"
+    for s in sessions:
+        reply = await cchat.ask(s, "after")
+        assert reply["text"] == "echo: after (turn 2)", "history came along"
+
+
+async def test_node_lost_while_fifty_sessions_chat(
+    cchat: ChatClient,
+    cluster_rt: tuple[Runtime, list[Any]],
+    ray_cluster: dict[str, Any],
+    fake_llm: FakeLLM,
+) -> None:
+    """Kill a session node (raylet and every process on it) mid-conversation: every
+    message gets exactly one reply and every history is intact."""
+    rt, nodes = cluster_rt
+    fake_llm.latency = 0.1
+    sessions = [new_session() for _ in range(50)]
+    rounds = 6
+    victim = nodes[0]
+    killed = asyncio.Event()
+
+    async def converse(s: str) -> list[dict[str, Any]]:
+        out = []
+        for i in range(rounds):
+            out.append(await cchat.ask(s, f"{s} #{i}", message_id=f"{s}-{i}"))
+        return out
+
+    async def kill_node() -> None:
+        await asyncio.sleep(1.0)
+        status = await rt.status()
+        pids = [a["pid"] for a in status["actors"] if a.get("node_id") == victim.node_id]
+        assert pids, "the victim node runs hosts"
+        ray_cluster["cluster"].remove_node(victim, allow_graceful=False)
+        for pid in pids:  # a lost machine takes its processes with it
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        nodes.remove(victim)
+        killed.set()
+
+    results, _ = await asyncio.gather(asyncio.gather(*(converse(s) for s in sessions)), kill_node())
+    assert killed.is_set()
+    for s, replies in zip(sessions, results, strict=True):
+        assert [r["text"] for r in replies] == [
+            f"echo: {s} #{i} (turn {i + 1})" for i in range(rounds)
+        ], "one reply per message, in order, each seeing the whole history"
+        assert all(r["error"] is None and not r["duplicate"] for r in replies)
+    for s in sessions[:10]:
+        stored = await _stored(rt, s)
+        assert len(stored) == 2 * rounds and [c for r, c in stored if r == "user"] == [
+            f"{s} #{i}" for i in range(rounds)
+        ]
+
+    async def replaced() -> bool:
+        status = await rt.status()
+        return all(h["node_id"] != victim.node_id for h in _hosts(status)) and any(
+            e["kind"] == "lost" for e in status["restart_log"]
+        )
+
+    await _until(replaced, within=30)
