@@ -46,6 +46,16 @@ def child_options(name: str, namespace: str, **extra: Any) -> dict[str, Any]:
     return opts
 
 
+def control_placement(cfg: Any) -> dict[str, Any]:
+    """Where the control actors go (Supervisor, ShardDirectory, provider pools): the
+    node marked ``control`` (the head in cluster.yaml, which holds Ray's GCS and so is
+    the cluster's single point of failure anyway), when placement uses resources."""
+    mode = cfg.runtime.placement
+    if mode == "resources" or (mode == "auto" and ray.cluster_resources().get("control")):
+        return {"resources": {"control": 0.001}}
+    return {}
+
+
 def setup_logging(component: str) -> None:
     """Log lines name the component; Ray keeps each worker's output in its log files."""
     root = logging.getLogger()

@@ -7,7 +7,7 @@ from typing import Any
 
 import ray
 
-from actors.common import SUPERVISOR
+from actors.common import SUPERVISOR, control_placement
 from actors.supervisor import Supervisor
 from astr_ray.config import Config
 
@@ -50,6 +50,7 @@ def start_tree(cfg: Config, *, timeout: float = 300) -> tuple[Any, dict[str, Any
         max_task_retries=0,
         num_cpus=0,
         max_concurrency=1000,
+        **control_placement(cfg),
     ).remote(cfg.to_transport())
     status: dict[str, Any] = ray.get(sup.start.remote(), timeout=timeout)
     return sup, status
@@ -71,3 +72,12 @@ def stop_tree(namespace: str, *, timeout: float = 60, handle: Any = None) -> Non
         ray.get(sup.shutdown.remote(), timeout=timeout)
     finally:
         ray.kill(sup, no_restart=True)
+
+
+def rolling_restart(namespace: str, *, timeout: float = 600) -> dict[str, Any]:
+    """Replace every session host with a fresh process, one at a time (see
+    ``Supervisor.rolling_restart``)."""
+    status: dict[str, Any] = ray.get(
+        find_supervisor(namespace).rolling_restart.remote(), timeout=timeout
+    )
+    return status

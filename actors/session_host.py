@@ -38,7 +38,7 @@ from actors.common import (
 )
 from astr_ray.config import Config, parse_config
 from astr_ray.errors import MessageFormatError
-from astr_ray.lifecycle import Lifecycle
+from astr_ray.lifecycle import Lifecycle, State
 from astr_ray.message import Event, Reply
 from astr_ray.metrics import Metrics, Snapshot
 from astr_ray.providers import PermitCache, ProviderChain, ProviderSlot, make_transport
@@ -142,6 +142,10 @@ class SessionHost:
             except Exception:
                 log.exception("maintenance pass failed")
 
+    def _retiring(self) -> bool:
+        """Stopping or stopped: this host owns nothing any more; callers re-route."""
+        return self.lifecycle.state in (State.STOPPING, State.STOPPED)
+
     def _drop_abandoned(self) -> None:
         """Forget parked batch remainders nobody collected (their caller died)."""
         cutoff = time.monotonic() - 2 * self.cfg.sessions.turn_timeout_s - 60
@@ -207,6 +211,12 @@ class SessionHost:
         Turns are never cancelled here: if the caller goes away they still complete and
         commit, and a retry gets the stored reply.
         """
+        if self._retiring():
+            epoch_now = self.table.epoch if self.table else epoch
+            return {
+                "done": [(i, {"wrong_shard": epoch_now}) for i in range(len(events))],
+                "more": None,
+            }
         await self.lifecycle.ensure_started()
         tasks = {asyncio.create_task(self._one(i, epoch, e)) for i, e in enumerate(events)}
         return await self._some(tasks, hold_ms / 1000)
@@ -231,6 +241,9 @@ class SessionHost:
         return {"done": [t.result() for t in done], "more": token}
 
     async def stream_turn(self, epoch: int, data: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        if self._retiring():
+            yield {"wrong_shard": self.table.epoch if self.table else epoch}
+            return
         await self.lifecycle.ensure_started()
         try:
             event = Event.from_dict(data)

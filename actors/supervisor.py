@@ -33,6 +33,7 @@ from actors.common import (
     WEBCHAT,
     RayMetricsMirror,
     child_options,
+    control_placement,
     host_name,
     pool_name,
     setup_logging,
@@ -76,6 +77,7 @@ class Supervisor:
         self._loop_task: asyncio.Task[None] | None = None
         self.started_at = time.time()
         self._metrics = Metrics()
+        self._membership = asyncio.Lock()  # host set changes: reconcile, rolling restart
         self._mirror = RayMetricsMirror("supervisor")
 
     # -- lifecycle ----------------------------------------------------------------------
@@ -100,6 +102,7 @@ class Supervisor:
         self._adapter_placement: dict[str, Any] = (
             {"resources": {"adapters": 1}} if use_adapters else {}
         )
+        self._control_placement = control_placement(self.cfg)
         initial = [host_name(i) for i in range(self._desired_hosts(ray.nodes()))]
         directory = self._directory_child(initial)
         self.children[DIRECTORY] = directory
@@ -138,7 +141,7 @@ class Supervisor:
         self.children[child.name] = child
 
     def _directory_child(self, hosts: list[str]) -> Child:
-        opts = child_options(DIRECTORY, self.cfg.runtime.namespace)
+        opts = child_options(DIRECTORY, self.cfg.runtime.namespace, **self._control_placement)
         shards = self.cfg.sessions.shards
         actor_cls: Any = ShardDirectory
         return Child(
@@ -147,7 +150,7 @@ class Supervisor:
 
     def _pool_child(self, provider: dict[str, Any]) -> Child:
         name = pool_name(provider["id"])
-        opts = child_options(name, self.cfg.runtime.namespace)
+        opts = child_options(name, self.cfg.runtime.namespace, **self._control_placement)
         return Child(name, "provider_pool", lambda: ProviderPool.options(**opts).remote(provider))  # type: ignore[attr-defined]
 
     def _host_child(self, name: str) -> Child:
@@ -205,7 +208,9 @@ class Supervisor:
         await self.store.close()
 
     async def shutdown(self) -> None:
-        """Stop every child in reverse start order (draining hosts first)."""
+        """Stop every child in reverse start order (draining hosts first). A supervisor
+        that Ray restarted re-attaches to the tree first, so nothing is left running."""
+        await self.lifecycle.ensure_started()
         await self.lifecycle.stop()
 
     # -- reconcile ----------------------------------------------------------------------
@@ -222,6 +227,12 @@ class Supervisor:
     async def _reconcile_hosts(self) -> None:
         """Hosts follow the nodes: drop hosts whose node is gone, add hosts up to the
         desired count, and move shards to match (prepare, publish, adopt)."""
+        if self._membership.locked():
+            return  # a rolling restart is changing the hosts
+        async with self._membership:
+            await self._reconcile_hosts_locked()
+
+    async def _reconcile_hosts_locked(self) -> None:
         nodes = await asyncio.to_thread(ray.nodes)
         alive = {n["NodeID"] for n in nodes if n.get("Alive")}
         for child in [c for c in self.children.values() if c.kind == "session_host"]:
@@ -233,31 +244,71 @@ class Supervisor:
         hosts = [c for c in self.children.values() if c.kind == "session_host"]
         desired = self._desired_hosts(nodes)
         while len(hosts) < desired:
-            child = self._host_child(host_name(self._next_host))
-            self._next_host += 1
-            try:
-                child.handle = child.factory()
-                info, _ = await self._call_start(child)
-            except Exception as exc:  # no room yet; the next pass tries again
-                log.warning("could not place %s: %s", child.name, _first_line(exc))
-                ray.kill(child.handle, no_restart=True)
-                break
-            child.pid, child.state, child.last_info = info.get("pid"), "alive", info
-            self._add(child)
-            hosts.append(child)
-            await self._event(child, "started", "added: more nodes for session hosts")
+            added = await self._new_host()
+            if added is None:
+                break  # no room yet; the next pass tries again
+            hosts.append(added)
+            await self._event(added, "started", "added: more nodes for session hosts")
         extra = hosts[desired:]
         target = [c.name for c in hosts[:desired]]
         if target != list(self.table.hosts):
             await self._move_shards(target)
         for child in extra:
-            try:
-                await asyncio.wait_for(child.handle.stop.remote(), 15)
-            except Exception as exc:
-                log.warning("stopping %s: %s", child.name, _first_line(exc))
-            ray.kill(child.handle, no_restart=True)
-            del self.children[child.name]
-            await self._event(child, "removed", "fewer nodes for session hosts")
+            await self._retire(child, "removed", "fewer nodes for session hosts")
+
+    async def _new_host(self) -> Child | None:
+        child = self._host_child(host_name(self._next_host))
+        self._next_host += 1
+        try:
+            child.handle = child.factory()
+            info, _ = await self._call_start(child)
+        except Exception as exc:
+            log.warning("could not place %s: %s", child.name, _first_line(exc))
+            if child.handle is not None:
+                ray.kill(child.handle, no_restart=True)
+            return None
+        child.pid, child.state, child.last_info = info.get("pid"), "alive", info
+        self._add(child)
+        return child
+
+    async def _retire(self, child: Child, kind: str, reason: str) -> None:
+        """Stop a host that owns no shards any more (it drains first), then remove it."""
+        try:
+            await asyncio.wait_for(child.handle.stop.remote(), 15)
+        except Exception as exc:
+            log.warning("stopping %s: %s", child.name, _first_line(exc))
+        ray.kill(child.handle, no_restart=True)
+        self.children.pop(child.name, None)
+        await self._event(child, kind, reason)
+
+    async def rolling_restart(self) -> dict[str, Any]:
+        """Replace every SessionHost by a fresh process, one at a time, without losing a
+        session: its shards move to the other hosts first (its turns finish, sessions
+        passivate), then it stops, and its replacement takes shards back. Upgrade a
+        cluster by installing the new version on every node, then calling this."""
+        await self.lifecycle.ensure_started()
+        async with self._membership:
+            for old in [c for c in self.children.values() if c.kind == "session_host"]:
+                others = [
+                    c.name
+                    for c in self.children.values()
+                    if c.kind == "session_host" and c is not old
+                ]
+                if others:  # hand over first: on a full cluster there is no room yet
+                    await self._move_shards(others)
+                    await self._retire(old, "replaced", "rolling restart")
+                    new = await self._new_host()
+                else:  # the only host: start its replacement before it goes
+                    new = await self._new_host()
+                    if new is not None:
+                        await self._move_shards([new.name])
+                        await self._retire(old, "replaced", "rolling restart")
+                if new is None:
+                    raise RuntimeError("rolling restart: no room for a new session host")
+                await self._move_shards(
+                    [c.name for c in self.children.values() if c.kind == "session_host"]
+                )
+        return await self.status()
 
     async def _move_shards(self, hosts: list[str]) -> None:
         """Re-place shards onto ``hosts``: every live host first hands over the shards it

@@ -5,6 +5,7 @@
     astr-ray run --address ADDR        start (or re-attach to) the tree on a Ray cluster
     astr-ray status [--address auto]   actors, state, restarts, sessions per host
     astr-ray stop   [--address auto]   drain and stop the tree
+    astr-ray rolling-restart           replace session hosts one by one (after an upgrade)
     astr-ray chat                      talk to the running bot from the terminal
 
 Ray is imported only by the commands that need it. A bad config is reported as
@@ -129,6 +130,16 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0 if status.get("ok") else 1
 
 
+def cmd_rolling_restart(args: argparse.Namespace) -> int:
+    cfg = _load(args.config)
+    from actors import runtime
+
+    runtime.connect(args.address, cfg.runtime.namespace)
+    status = runtime.rolling_restart(cfg.runtime.namespace)
+    _print_status(status, brief=True)
+    return 0 if status.get("ok") else 1
+
+
 def cmd_stop(args: argparse.Namespace) -> int:
     cfg = _load(args.config)
     from actors import runtime
@@ -140,15 +151,29 @@ def cmd_stop(args: argparse.Namespace) -> int:
 
 
 def _print_status(status: dict[str, Any], brief: bool = False) -> None:
-    print(f"tree: {'ok' if status.get('ok') else 'DEGRADED'}  namespace={status.get('namespace')}")
-    print(f"  {'actor':28} {'state':11} {'pid':>7} {'restarts':>8}  detail")
+    nodes = status.get("nodes", [])
+    short = {n["node_id"]: f"node-{k}" for k, n in enumerate(nodes)}
+    print(
+        f"tree: {'ok' if status.get('ok') else 'DEGRADED'}  namespace={status.get('namespace')}"
+        f"  shard epoch={status.get('epoch', '-')}"
+    )
+    if nodes and not brief:
+        print(f"  {'node':8} {'alive':6} {'address':16} resources")
+        for n in nodes:
+            res = " ".join(f"{k}={v:g}" for k, v in sorted(n.get("resources", {}).items()))
+            print(
+                f"  {short[n['node_id']]:8} {'yes' if n['alive'] else 'NO':6} "
+                f"{n.get('address') or '-':16} {res}"
+            )
+    print(f"  {'actor':28} {'state':11} {'node':8} {'pid':>7} {'restarts':>8}  detail")
     for a in status.get("actors", []):
         info = a.get("info") or {}
         detail = ""
         if a["kind"] == "session_host":
             detail = (
                 f"sessions={info.get('active_sessions', 0)} "
-                f"shards={info.get('owned_shards', 0)} turns={info.get('turns', 0)}"
+                f"shards={info.get('owned_shards', '-')} turns={info.get('turns', 0)} "
+                f"mailbox={info.get('mailbox_depth', 0)}"
             )
         elif a["kind"] == "provider_pool":
             detail = (
@@ -159,8 +184,9 @@ def _print_status(status: dict[str, Any], brief: bool = False) -> None:
             detail = f"port={info.get('port')} messages={info.get('messages')}"
         if a.get("state") != "alive" and a.get("last_error"):
             detail = a["last_error"]
+        node = short.get(a.get("node_id") or "", "-")
         print(
-            f"  {a['name']:28} {a['state']:11} {a.get('pid') or '-':>7} "
+            f"  {a['name']:28} {a['state']:11} {node:8} {a.get('pid') or '-':>7} "
             f"{a['restarts']:>8}  {detail}"
         )
     if not brief and status.get("restart_log"):
@@ -254,6 +280,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--address", default="auto")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_status)
+    p = sub.add_parser(
+        "rolling-restart", help="replace every session host, one at a time (upgrades)"
+    )
+    p.add_argument("--address", default="auto")
+    p.set_defaults(func=cmd_rolling_restart)
     p = sub.add_parser("stop", help="stop the tree")
     p.add_argument("--address", default="auto")
     p.set_defaults(func=cmd_stop)

@@ -82,7 +82,7 @@ def ray_cluster() -> Iterator[dict[str, Any]]:
             "include_dashboard": False,
             "object_store_memory": 100 * 1024 * 1024,
             "metrics_export_port": metrics_port,
-            "resources": {"adapters": 1},  # like cluster.yaml's head node
+            "resources": {"adapters": 1, "control": 1},  # like cluster.yaml's head node
             "_system_config": FAST_HEALTH_CHECKS,
         },
     )

@@ -27,7 +27,7 @@ def test_cluster_yaml_passes_rays_schema() -> None:
     assert "astr-ray" in starts and " run " in starts
     types = config["available_node_types"]
     marked = {r for t in types.values() for r in t.get("resources", {})}
-    assert {"adapters", "session_hosts", "cpu_pool"} <= marked
+    assert {"control", "adapters", "session_hosts", "cpu_pool"} <= marked
 
 
 @pytest.mark.parametrize(

@@ -42,7 +42,7 @@ def cluster_rt(
         fake_llm,
         fake_fallback,
         store={"url": pg_database},
-        sessions={"hosts_per_node": 2, "idle_timeout_s": 60},
+        sessions={"hosts_per_node": 2, "idle_timeout_s": 60, "history_turns": 1000},
         webchat={"port": free_port()},
         runtime={"placement": "resources"},
     )
@@ -183,3 +183,31 @@ async def test_node_lost_while_fifty_sessions_chat(
         )
 
     await _until(replaced, within=30)
+
+
+async def test_rolling_restart_replaces_every_host_without_losing_a_message(
+    cchat: ChatClient, cluster_rt: tuple[Runtime, list[Any]], fake_llm: FakeLLM
+) -> None:
+    rt, _ = cluster_rt
+    before = {h["name"]: h["pid"] for h in _hosts(await rt.status())}
+    sessions = [new_session() for _ in range(12)]
+    fake_llm.latency = 0.05
+    restart = asyncio.ensure_future(rt.supervisor.rolling_restart.remote())
+
+    async def converse(s: str) -> list[str]:
+        """Chat until the restart is over (at least 3 turns)."""
+        texts: list[str] = []
+        while not restart.done() or len(texts) < 3:
+            i = len(texts)
+            texts.append((await cchat.ask(s, f"{s} #{i}", message_id=f"{s}-{i}"))["text"])
+        return texts
+
+    texts = await asyncio.gather(*(converse(s) for s in sessions))
+    status = await restart
+    for s, got in zip(sessions, texts, strict=True):
+        assert got == [f"echo: {s} #{i} (turn {i + 1})" for i in range(len(got))]
+    assert sum(len(t) for t in texts) > 3 * len(sessions), "chatting went on during it"
+    after = {h["name"]: h["pid"] for h in _hosts(status)}
+    assert len(after) == len(before) and not set(after) & set(before), "all replaced"
+    assert status["ok"]
+    assert sum(e["kind"] == "replaced" for e in status["restart_log"]) >= len(before)

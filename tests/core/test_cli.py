@@ -84,6 +84,7 @@ def test_chat_and_status_against_a_running_tree(runtime: Runtime, tmp_path: Path
     ):
         assert name in status.stdout
     assert "tree: ok" in status.stdout
+    assert "node-0" in status.stdout and "shards=" in status.stdout
 
 
 def test_dev_runs_chats_and_stops_cleanly_on_ctrl_c(tmp_path: Path, fake_llm: FakeLLM) -> None:
