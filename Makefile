@@ -27,6 +27,7 @@ test: lint
 
 bench: $(STAMP)
 	$(PY) -m bench.webchat_throughput
+	$(PY) -m bench.cluster
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .coverage

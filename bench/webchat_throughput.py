@@ -132,7 +132,14 @@ class Tree:
     """A dev-mode tree in this process's Ray, pointed at one fake LLM."""
 
     def __init__(
-        self, fake: FakeLLMProcess, hosts: int, transport: str, data: Path, store_url: str = ""
+        self,
+        fake: FakeLLMProcess,
+        hosts: int,
+        transport: str,
+        data: Path,
+        store_url: str = "",
+        sessions: dict[str, Any] | None = None,
+        runtime_opts: dict[str, Any] | None = None,
     ) -> None:
         from astr_ray.config import parse_config
 
@@ -149,10 +156,10 @@ class Tree:
                         "max_concurrency": 1000,
                     }
                 ],
-                "sessions": {"hosts": hosts},
+                "sessions": {"hosts": hosts, **(sessions or {})},
                 "store": {"url": store_url},
                 "webchat": {"port": free_port(), "token": self.token},
-                "runtime": {"namespace": f"bench-{uuid.uuid4().hex[:6]}"},
+                "runtime": {"namespace": f"bench-{uuid.uuid4().hex[:6]}", **(runtime_opts or {})},
             }
         )
         from actors import runtime

@@ -141,6 +141,8 @@ class SessionManager:
                 self.metrics.turn_seconds.labels(reply.error or "ok").observe(
                     time.perf_counter() - started
                 )
+                if reply.error is not None:
+                    self.metrics.errors.labels("session", reply.error).inc()
             box.last_active = self.clock()
             if not fut.done():
                 fut.set_result(reply)
