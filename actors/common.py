@@ -7,12 +7,32 @@ same children instead of starting a second tree.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import os
 import sys
 from typing import Any
 
 import ray
+
+
+def _uvloop_in_ray_workers() -> None:
+    """Ray creates an async actor's event loop after importing the actor's module,
+    through the current policy: with uvloop the hosts' and adapters' loops cost less per
+    callback (~+16% msg/s, ARCHITECTURE.md). Only in Ray worker processes: a driver (the
+    CLI, tests) keeps its own policy. uvloop ships with uvicorn[standard]."""
+    from ray._private import worker as ray_worker
+
+    if getattr(ray_worker.global_worker, "mode", None) != ray_worker.WORKER_MODE:
+        return
+    with contextlib.suppress(ImportError):
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+_uvloop_in_ray_workers()
 
 SUPERVISOR = "supervisor"
 DIRECTORY = "shard-directory"
