@@ -26,6 +26,7 @@ from typing import Any
 from ray.exceptions import RayActorError
 
 from actors.common import DIRECTORY, get_actor
+from astr_ray.errors import MessageFormatError
 from astr_ray.message import Event, Reply
 from astr_ray.sessions.shards import ShardTable
 
@@ -37,6 +38,8 @@ try:  # Ray >= 2.30 raises this while an actor is restarting
     _RETRY: tuple[type[BaseException], ...] = (RayActorError, ActorUnavailableError)
 except ImportError:  # pragma: no cover
     _RETRY = (RayActorError,)
+# ValueError: no actor by that name right now (the supervisor is creating it again).
+_RETRY_OR_MISSING: tuple[type[BaseException], ...] = (*_RETRY, ValueError)
 
 
 @dataclass
@@ -124,6 +127,8 @@ class HostRouter:
             task.add_done_callback(self._inflight.discard)
 
     async def _run_batch(self, host: str, items: list[_Item]) -> None:
+        """One batch to one host. Every item leaves with a reply, an error, or is sent
+        again (retry or re-route): none is ever dropped, whatever fails when."""
         assert self.table is not None
         epoch = self.table.epoch
         self.batches += 1
@@ -131,10 +136,6 @@ class HostRouter:
         reroute: list[_Item] = []
         try:
             handle = self._handle(host)
-        except ValueError:  # no actor by that name right now: the supervisor recreates it
-            await self._retry(items, host)
-            return
-        try:
             answer = await handle.handle_batch.remote(
                 epoch, [it.event for it in items], self.hold_ms
             )
@@ -146,13 +147,18 @@ class HostRouter:
                     elif "invalid" in result:
                         item.future.set_exception(ValueError(result["invalid"]))
                     else:
-                        self._deliver(item, Reply.from_dict(result))
+                        try:
+                            reply = Reply.from_dict(result)
+                        except MessageFormatError as exc:
+                            item.future.set_exception(exc)
+                            continue
+                        self._deliver(item, reply)
                 if answer.get("lost"):
                     raise RayActorError()  # the host restarted between our calls
                 if not answer["more"]:
                     break
                 answer = await handle.collect.remote(answer["more"], self.hold_ms)
-        except _RETRY as exc:
+        except _RETRY_OR_MISSING as exc:
             log.warning(
                 "host %s unavailable (%s); retrying %d messages",
                 host,
@@ -160,13 +166,11 @@ class HostRouter:
                 len(remaining),
             )
             await self._retry(list(remaining.values()), host)
-            return
         except Exception as exc:
             log.exception("batch to %s failed", host)
             for item in remaining.values():
                 if not item.future.done():
                     item.future.set_exception(exc)
-            return
         if reroute:
             # A shard is moving (or our table is stale): wait a moment for the new
             # placement to be published, then route again.

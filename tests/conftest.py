@@ -192,6 +192,18 @@ class Runtime:
         result: dict[str, Any] = await self.supervisor.status.remote()
         return result
 
+    async def stored(self, session: str) -> list[tuple[str, str]]:
+        """(role, content) of a web chat session's current conversation, from the store."""
+        from astr_ray.store import Store
+
+        store = await Store.open(self.cfg.store_url)
+        try:
+            state = await store.ensure_session(f"webchat:private:{session}")
+            rows = await store.load_history(state.conversation_id)
+            return [(m.role, m.content) for m in rows]
+        finally:
+            await store.close()
+
     async def host_of(self, session_key: str) -> tuple[str, Any]:
         import ray
 
@@ -275,6 +287,18 @@ class ChatClient:
 async def chat(runtime: Runtime) -> AsyncIterator[ChatClient]:
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as http:
         yield ChatClient(runtime, http)
+
+
+async def eventually(predicate: Any, within: float = 20.0, interval: float = 0.2) -> Any:
+    """Poll the async ``predicate`` until it returns something true; fail after ``within``."""
+    deadline = asyncio.get_running_loop().time() + within
+    while True:
+        result = await predicate()
+        if result:
+            return result
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(interval)
 
 
 def new_session() -> str:

@@ -18,7 +18,6 @@ be sent again and is answered once.
 from __future__ import annotations
 
 import logging
-import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -50,7 +49,6 @@ class LiveSession:
     history: list[dict[str, str]]
     next_seq: int
     recent: OrderedDict[str, dict[str, Any]] = field(default_factory=OrderedDict)
-    turns: int = 0
 
     def remember(self, event_id: str, reply: dict[str, Any]) -> None:
         self.recent[event_id] = reply
@@ -120,7 +118,6 @@ class TurnProcessor:
         stored = live.recent.get(event.message_id)
         if stored is not None:
             return Reply.from_dict({**stored, "duplicate": True})
-        live.turns += 1
         text = event.text.strip()
         parsed = parse_command(text)
         if parsed is not None:
@@ -255,7 +252,3 @@ def builtin_commands() -> CommandRegistry:
 def _clip(text: str, limit: int = 300) -> str:
     text = " ".join(text.split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def now() -> float:
-    return time.time()

@@ -60,6 +60,16 @@ from astr_ray.store.tables import (
 
 __all__ = ["Store"]
 
+# The columns of a StoredMessage, in its field order.
+_MESSAGE_COLUMNS = (
+    messages.c.seq,
+    messages.c.role,
+    messages.c.content,
+    messages.c.extra,
+    messages.c.event_id,
+    messages.c.created_at,
+)
+
 # busy_timeout first: switching to WAL needs a lock, and another process may hold it.
 _SQLITE_PRAGMAS = (
     "PRAGMA busy_timeout=10000",
@@ -305,15 +315,7 @@ class Store:
             raise ValueError(f"limit must be >= 0, got {limit}")
         if limit == 0:
             return []
-        cols = (
-            messages.c.seq,
-            messages.c.role,
-            messages.c.content,
-            messages.c.extra,
-            messages.c.event_id,
-            messages.c.created_at,
-        )
-        stmt = select(*cols).where(messages.c.conversation_id == conversation_id)
+        stmt = select(*_MESSAGE_COLUMNS).where(messages.c.conversation_id == conversation_id)
         if limit is None:
             stmt = stmt.order_by(messages.c.seq)
         else:
@@ -551,16 +553,7 @@ class Store:
             .label("rank")
         )
         inner = (
-            select(
-                messages.c.conversation_id,
-                messages.c.seq,
-                messages.c.role,
-                messages.c.content,
-                messages.c.extra,
-                messages.c.event_id,
-                messages.c.created_at,
-                rank,
-            )
+            select(messages.c.conversation_id, *_MESSAGE_COLUMNS, rank)
             .where(messages.c.conversation_id.in_(conversation_ids))
             .subquery()
         )

@@ -11,15 +11,20 @@ import asyncio
 import contextlib
 import os
 import signal
-import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import aiohttp
 import pytest
 
-from astr_ray.store import Store
-from tests.conftest import ChatClient, Runtime, free_port, new_session, runtime_config
+from tests.conftest import (
+    ChatClient,
+    Runtime,
+    eventually,
+    free_port,
+    new_session,
+    runtime_config,
+)
 from tests.peers.openai_server import FakeLLM
 
 NODE = {"num_cpus": 0, "resources": {"session_hosts": 2}, "object_store_memory": 80 * 1024 * 1024}
@@ -63,27 +68,8 @@ async def cchat(cluster_rt: tuple[Runtime, list[Any]]) -> AsyncIterator[ChatClie
         yield ChatClient(cluster_rt[0], http)
 
 
-async def _until(predicate: Any, within: float, interval: float = 0.25) -> Any:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        result = await predicate()
-        if result:
-            return result
-        await asyncio.sleep(interval)
-    raise AssertionError("condition not met in time")
-
-
 def _hosts(status: dict[str, Any]) -> list[dict[str, Any]]:
     return [a for a in status["actors"] if a["kind"] == "session_host"]
-
-
-async def _stored(rt: Runtime, session: str) -> list[tuple[str, str]]:
-    store = await Store.open(rt.cfg.store_url)
-    try:
-        state = await store.ensure_session(f"webchat:private:{session}")
-        return [(m.role, m.content) for m in await store.load_history(state.conversation_id)]
-    finally:
-        await store.close()
 
 
 async def test_sessions_are_spread_over_nodes(
@@ -118,7 +104,7 @@ async def test_node_join_moves_shards_and_conversations_continue(
         status = await rt.status()
         return status if len(_hosts(status)) == 6 and status["epoch"] > epoch else None
 
-    status = await _until(rebalanced, within=60)
+    status = await eventually(rebalanced, within=60)
     assert {h["node_id"] for h in _hosts(status)} >= {nodes[-1].node_id}
     assert any(
         e["actor"] == "shard-directory" and e["kind"] == "rebalanced" for e in status["restart_log"]
@@ -171,7 +157,7 @@ async def test_node_lost_while_fifty_sessions_chat(
         ], "one reply per message, in order, each seeing the whole history"
         assert all(r["error"] is None and not r["duplicate"] for r in replies)
     for s in sessions[:10]:
-        stored = await _stored(rt, s)
+        stored = await rt.stored(s)
         assert len(stored) == 2 * rounds and [c for r, c in stored if r == "user"] == [
             f"{s} #{i}" for i in range(rounds)
         ]
@@ -182,7 +168,7 @@ async def test_node_lost_while_fifty_sessions_chat(
             e["kind"] == "lost" for e in status["restart_log"]
         )
 
-    await _until(replaced, within=30)
+    await eventually(replaced, within=30)
 
 
 async def test_rolling_restart_replaces_every_host_without_losing_a_message(

@@ -14,30 +14,8 @@ from typing import Any
 
 import pytest
 
-from astr_ray.store import Store
-from tests.conftest import ChatClient, Runtime, new_session
+from tests.conftest import ChatClient, eventually, new_session
 from tests.peers.openai_server import FakeLLM, Scripted
-
-
-async def _wait_for(predicate: Any, within: float = 20.0, interval: float = 0.2) -> Any:
-    deadline = time.monotonic() + within
-    while True:
-        result = await predicate()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(interval)
-
-
-async def _messages(rt: Runtime, session: str) -> list[tuple[str, str]]:
-    """(role, content) of the session's current conversation, read from the store."""
-    store = await Store.open(rt.cfg.store_url)
-    try:
-        state = await store.ensure_session(f"webchat:private:{session}")
-        return [(m.role, m.content) for m in await store.load_history(state.conversation_id)]
-    finally:
-        await store.close()
 
 
 async def test_streamed_conversation_carries_history(chat: ChatClient, fake_llm: FakeLLM) -> None:
@@ -53,7 +31,7 @@ async def test_streamed_conversation_carries_history(chat: ChatClient, fake_llm:
     last_request = fake_llm.requests[-1]["messages"]
     assert [m["role"] for m in last_request] == ["system", "user", "assistant", "user"]
     assert last_request[1]["content"] == "hello there my friend"
-    assert await _messages(chat.rt, s) == [
+    assert await chat.rt.stored(s) == [
         ("user", "hello there my friend"),
         ("assistant", first["reply"]["text"]),
         ("user", "and what did I say first"),
@@ -81,7 +59,7 @@ async def test_sigkill_of_session_host_keeps_history_and_is_logged(chat: ChatCli
             for e in status["restart_log"]
         )
 
-    await _wait_for(logged)
+    await eventually(logged)
     status = await rt.status()
     entry = next(a for a in status["actors"] if a["name"] == name)
     assert entry["restarts"] >= 1 and entry["state"] == "alive"
@@ -106,7 +84,7 @@ async def test_kill_during_a_turn_loses_nothing_and_doubles_nothing(
     for s, reply in zip(sessions, replies, strict=True):
         assert reply["text"] == f"echo: hi {s} (turn 1)", reply
         assert reply["duplicate"] is False
-        assert await _messages(rt, s) == [("user", f"hi {s}"), ("assistant", reply["text"])]
+        assert await rt.stored(s) == [("user", f"hi {s}"), ("assistant", reply["text"])]
     assert victims, "at least one session lived on the killed host"
 
 
@@ -121,7 +99,7 @@ async def test_same_event_twice_yields_one_reply(chat: ChatClient, fake_llm: Fak
     both = await asyncio.gather(*(chat.ask(s, "only once", message_id=mid) for _ in range(3)))
     assert all(r["duplicate"] and r["text"] == first["text"] for r in both)
     assert fake_llm.calls == calls, "a redelivered event must not reach the model again"
-    assert await _messages(chat.rt, s) == [("user", "only once"), ("assistant", first["text"])]
+    assert await chat.rt.stored(s) == [("user", "only once"), ("assistant", first["text"])]
 
 
 async def test_idle_sessions_are_passivated_and_come_back(chat: ChatClient) -> None:
@@ -135,7 +113,7 @@ async def test_idle_sessions_are_passivated_and_come_back(chat: ChatClient) -> N
     async def passivated() -> bool:
         return not await host.is_active.remote(key)
 
-    await _wait_for(passivated, within=rt.cfg.sessions.idle_timeout_s + 10)
+    await eventually(passivated, within=rt.cfg.sessions.idle_timeout_s + 10)
     before = (await host.ping.remote())["passivations"]
     assert before >= 1
     assert (await chat.ask(s, "back again"))["text"] == "echo: back again (turn 2)"
@@ -195,12 +173,12 @@ async def test_all_providers_down_clear_message_nothing_stored_twice(
     failed = await chat.ask(s, "are you there", message_id=mid)
     assert failed["error"] == "provider_unavailable"
     assert "can't reach the language model" in failed["text"]
-    assert len(await _messages(chat.rt, s)) == 2, "a failed turn stores nothing"
+    assert len(await chat.rt.stored(s)) == 2, "a failed turn stores nothing"
     fake_llm.mode = fake_fallback.mode = "ok"
     await asyncio.sleep(0.6)  # the breaker's cool-down
     ok = await chat.ask(s, "are you there", message_id=mid)
     assert ok["text"] == "echo: are you there (turn 2)" and ok["duplicate"] is False
-    assert [c for _, c in await _messages(chat.rt, s)].count("are you there") == 1
+    assert [c for _, c in await chat.rt.stored(s)].count("are you there") == 1
 
 
 async def test_commands(chat: ChatClient) -> None:
@@ -292,7 +270,7 @@ async def test_sigkill_of_web_chat_adapter_serves_again(chat: ChatClient) -> Non
         except (OSError, AssertionError, TimeoutError, aiohttp.ClientError):
             return False  # the port is down while the adapter restarts
 
-    await _wait_for(answers, within=30, interval=0.5)
+    await eventually(answers, within=30, interval=0.5)
 
 
 @pytest.mark.parametrize("kind", ["provider-pool-primary", "shard-directory"])
@@ -312,7 +290,7 @@ async def test_sigkill_of_other_actors_keeps_serving(chat: ChatClient, kind: str
         except ray.exceptions.RayActorError:
             return False
 
-    await _wait_for(restarted)
+    await eventually(restarted)
 
 
 async def test_actor_dead_for_good_is_recreated_by_the_supervisor(chat: ChatClient) -> None:
@@ -332,7 +310,7 @@ async def test_actor_dead_for_good_is_recreated_by_the_supervisor(chat: ChatClie
         kinds = {e["kind"] for e in log if e["actor"] == name}
         return {"died", "recreated"} <= kinds
 
-    await _wait_for(logged)
+    await eventually(logged)
 
 
 async def test_supervisor_killed_reattaches_to_the_running_tree(chat: ChatClient) -> None:
@@ -351,7 +329,7 @@ async def test_supervisor_killed_reattaches_to_the_running_tree(chat: ChatClient
         except ray.exceptions.RayActorError:
             return None
 
-    status = await _wait_for(back)
+    status = await eventually(back)
     after = {a["name"]: a["pid"] for a in status["actors"]}
     assert after == before, "children were re-attached, not restarted"
     assert all(a["state"] == "alive" for a in status["actors"])
@@ -372,7 +350,7 @@ async def test_full_mailbox_answers_busy_and_loses_nothing_else(
     done = [r for r in replies if r["error"] is None]
     assert busy and len(busy) + len(done) == n
     assert "still working" in busy[0]["text"]
-    stored = [c for role, c in await _messages(rt, s) if role == "user"]
+    stored = [c for role, c in await rt.stored(s) if role == "user"]
     assert len(stored) == len(done), "every accepted message is answered and stored once"
     # A refused message can be sent again later and is answered.
     fake_llm.latency = 0.0
@@ -461,4 +439,4 @@ async def test_metrics_endpoint_and_rays_metrics_show_the_traffic(chat: ChatClie
             return False
         return "ray_astr_ray_turn_seconds_count" in body and "session-host-" in body
 
-    await _wait_for(in_ray, within=60, interval=2)
+    await eventually(in_ray, within=60, interval=2)
