@@ -241,6 +241,7 @@ class Supervisor:
                 await self._event(child, "lost", f"its node {node[:12]} is gone")
                 ray.kill(child.handle, no_restart=True)
                 del self.children[child.name]
+                await self._release_permits(child.name)
         hosts = [c for c in self.children.values() if c.kind == "session_host"]
         desired = self._desired_hosts(nodes)
         while len(hosts) < desired:
@@ -279,7 +280,14 @@ class Supervisor:
             log.warning("stopping %s: %s", child.name, _first_line(exc))
         ray.kill(child.handle, no_restart=True)
         self.children.pop(child.name, None)
+        await self._release_permits(child.name)
         await self._event(child, kind, reason)
+
+    async def _release_permits(self, host: str) -> None:
+        """A host that is gone for good cannot give back the LLM permits it held: tell
+        every provider pool to count them free again (else capacity leaks away)."""
+        pools = [c for c in self.children.values() if c.kind == "provider_pool" and c.handle]
+        await asyncio.gather(*(c.handle.forget.remote(host) for c in pools), return_exceptions=True)
 
     async def rolling_restart(self) -> dict[str, Any]:
         """Replace every SessionHost by a fresh process, one at a time, without losing a

@@ -197,3 +197,13 @@ async def test_rolling_restart_replaces_every_host_without_losing_a_message(
     assert len(after) == len(before) and not set(after) & set(before), "all replaced"
     assert status["ok"]
     assert sum(e["kind"] == "replaced" for e in status["restart_log"]) >= len(before)
+
+    # The retired hosts' LLM permits went back to the pool: once idle, none is in use.
+    import ray
+
+    pool = ray.get_actor("provider-pool-primary", namespace=rt.namespace)
+
+    async def permits_back() -> bool:
+        return bool((await pool.ping.remote())["in_use"] == 0)
+
+    await eventually(permits_back, within=30)
