@@ -301,5 +301,19 @@ async def eventually(predicate: Any, within: float = 20.0, interval: float = 0.2
         await asyncio.sleep(interval)
 
 
+def webchat_event(session: str, text: str) -> Any:
+    """An Event as the web chat adapter builds it, with a fresh message id."""
+    from astr_ray.message import ChatType, Event, Sender, Text
+
+    return Event(
+        platform_id="webchat",
+        chat_type=ChatType.PRIVATE,
+        chat_id=session,
+        sender=Sender(id=session),
+        message_id=uuid.uuid4().hex,
+        components=(Text(text=text),),
+    )
+
+
 def new_session() -> str:
     return "t-" + uuid.uuid4().hex[:10]

@@ -5,24 +5,11 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import uuid
 
 from actors.router import HostRouter
-from astr_ray.message import ChatType, Event, Sender, Text
 from astr_ray.sessions.shards import ShardTable
-from tests.conftest import Runtime, new_session
+from tests.conftest import Runtime, new_session, webchat_event
 from tests.peers.openai_server import FakeLLM
-
-
-def _event(session: str, text: str) -> Event:
-    return Event(
-        platform_id="webchat",
-        chat_type=ChatType.PRIVATE,
-        chat_id=session,
-        sender=Sender(id=session),
-        message_id=uuid.uuid4().hex,
-        components=(Text(text=text),),
-    )
 
 
 async def test_no_message_is_dropped_when_a_host_dies_between_fence_and_collect(
@@ -57,7 +44,9 @@ async def test_no_message_is_dropped_when_a_host_dies_between_fence_and_collect(
     await router.refresh()
     fake_llm.latency = 1.5
     pid = (await host.ping.remote())["pid"]
-    sends = asyncio.gather(router.send(_event(fenced, "fenced")), router.send(_event(slow, "slow")))
+    sends = asyncio.gather(
+        router.send(webchat_event(fenced, "fenced")), router.send(webchat_event(slow, "slow"))
+    )
     await asyncio.sleep(0.5)  # the first answer is back, the collect is waiting
     os.kill(pid, signal.SIGKILL)
     fenced_reply, slow_reply = await asyncio.wait_for(sends, 60)  # a hang detector

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import ChatClient, eventually, new_session
+from tests.conftest import ChatClient, eventually, new_session, webchat_event
 from tests.peers.openai_server import FakeLLM, Scripted
 
 
@@ -363,8 +363,6 @@ async def test_fast_reply_is_not_held_by_a_slow_one_in_the_same_batch(
 ) -> None:
     """One batch with a slow LLM turn and an instant command: the command's reply comes
     back in the first answer, the LLM turn is parked and collected afterwards."""
-    from astr_ray.message import ChatType, Event, Sender, Text
-
     rt = chat.rt
     slow = new_session()
     name, host = await rt.host_of(f"webchat:private:{slow}")
@@ -372,20 +370,12 @@ async def test_fast_reply_is_not_held_by_a_slow_one_in_the_same_batch(
     while (await rt.host_of(f"webchat:private:{fast}"))[0] != name:
         fast = new_session()
 
-    def event(session: str, text: str) -> dict[str, Any]:
-        return Event(
-            platform_id="webchat",
-            chat_type=ChatType.PRIVATE,
-            chat_id=session,
-            sender=Sender(id=session),
-            message_id=uuid.uuid4().hex,
-            components=(Text(text=text),),
-        ).to_dict()
-
     fake_llm.latency = 2.0
     epoch = (await host.ping.remote())["epoch"]
     first = await host.handle_batch.remote(
-        epoch, [event(slow, "take your time"), event(fast, "/help")], 10.0
+        epoch,
+        [webchat_event(slow, "take your time").to_dict(), webchat_event(fast, "/help").to_dict()],
+        10.0,
     )
     assert [idx for idx, _ in first["done"]] == [1], "only the command is done"
     assert "Commands:" in first["done"][0][1]["components"][0]["text"]
