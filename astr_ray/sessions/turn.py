@@ -146,6 +146,14 @@ class TurnProcessor:
                 messages, on_chunk, context={"session": live.key, "event": event.message_id}
             )
         except ProviderUnavailableError as exc:
+            if not self.chain.slots:
+                return Reply.of_text(
+                    live.key,
+                    event.message_id,
+                    "No LLM provider is configured yet: add one under `providers:` in the "
+                    "config (see `astr-ray init`) and restart. Commands work meanwhile: /help",
+                    error="no_provider",
+                )
             log.error(
                 "no provider answered session=%s event=%s: %s",
                 live.key,
