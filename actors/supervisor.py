@@ -334,13 +334,15 @@ class Supervisor:
         await asyncio.gather(*(c.handle.adopt.remote(table) for c in live), return_exceptions=True)
         old = {s: self.table.hosts[h] for s, h in enumerate(self.table.owner)}
         moved = sum(1 for s, h in enumerate(new.owner) if old.get(s) != new.hosts[h])
-        self.table = new
+        # Logged before the new epoch shows in status(): a reader never sees the epoch
+        # without its record.
         await self._record(
             DIRECTORY,
             "rebalanced",
             f"epoch {new.epoch}: {moved} shards moved; hosts {', '.join(hosts)}",
             None,
         )
+        self.table = new
 
     async def _check(self, child: Child) -> None:
         now = time.monotonic()

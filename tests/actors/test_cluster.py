@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -56,10 +57,19 @@ def cluster_rt(
     try:
         yield Runtime(cfg, sup, ray_cluster["gcs_address"], ray_cluster["metrics_port"]), nodes
     finally:
+        import ray
+
         rt.stop_tree(cfg.runtime.namespace, handle=sup)
+        gone = {node.node_id for node in nodes}
         for node in nodes:
             if node in cluster.worker_nodes:
                 cluster.remove_node(node)
+        # Later trees must not be placed on a node Ray has not yet declared dead.
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and any(
+            n["Alive"] and n["NodeID"] in gone for n in ray.nodes()
+        ):
+            time.sleep(0.25)
 
 
 @pytest.fixture
