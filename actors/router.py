@@ -181,11 +181,8 @@ class HostRouter:
 
     @staticmethod
     def _deliver(item: _Item, reply: Reply) -> None:
-        if item.attempts and reply.duplicate:
-            # Our own earlier attempt committed it but its answer was lost.
-            reply = reply.model_copy(update={"duplicate": False})
         if not item.future.done():
-            item.future.set_result(reply)
+            item.future.set_result(_first_delivery(reply, retried=bool(item.attempts)))
 
     async def _retry(self, items: list[_Item], host: str) -> None:
         """Send again after a backoff; the handle is looked up again (it may be new)."""
@@ -249,9 +246,7 @@ class HostRouter:
                         yield item
                     else:
                         reply = Reply.from_dict(item["reply"])
-                        if attempts and reply.duplicate:
-                            reply = reply.model_copy(update={"duplicate": False})
-                        yield {"reply": reply}
+                        yield {"reply": _first_delivery(reply, retried=bool(attempts))}
                         return
             except _RETRY:
                 self._handles.pop(host, None)
@@ -268,11 +263,16 @@ class HostRouter:
                     return
                 await asyncio.sleep(min(2.0, 0.2 * 2 ** min(attempts, 4)))
                 if streamed:
-                    reply = await self.send(event)
-                    if reply.duplicate:
-                        reply = reply.model_copy(update={"duplicate": False})
-                    yield {"reply": reply}
+                    yield {"reply": _first_delivery(await self.send(event), retried=True)}
                     return
+
+
+def _first_delivery(reply: Reply, *, retried: bool) -> Reply:
+    """A stored reply coming back to our own retry is the first delivery: the earlier
+    attempt committed the turn but its answer never reached the adapter."""
+    if retried and reply.duplicate:
+        return reply.model_copy(update={"duplicate": False})
+    return reply
 
 
 def _key(event: dict[str, Any]) -> str:

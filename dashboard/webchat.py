@@ -99,8 +99,8 @@ def create_app(backend: ChatBackend, token: str, *, max_chars: int = 16_000) -> 
     def authorized(supplied: str | None) -> bool:
         return supplied is not None and hmac.compare_digest(supplied.encode(), expected)
 
-    def bearer(request: Request) -> str | None:
-        auth = request.headers.get("authorization", "")
+    def bearer(conn: Request | WebSocket) -> str | None:
+        auth = conn.headers.get("authorization", "")
         return auth[7:] if auth.lower().startswith("bearer ") else None
 
     async def health(request: Request) -> Response:
@@ -131,8 +131,7 @@ def create_app(backend: ChatBackend, token: str, *, max_chars: int = 16_000) -> 
     async def ws_chat(ws: WebSocket) -> None:
         supplied = ws.query_params.get("token")
         if supplied is None:
-            auth = ws.headers.get("authorization", "")
-            supplied = auth[7:] if auth.lower().startswith("bearer ") else None
+            supplied = bearer(ws)
         if not authorized(supplied):
             await ws.close(code=4401, reason="missing or wrong token")
             return
