@@ -2,7 +2,7 @@
 
 from astr_ray.providers.chain import ChainResult, ProviderChain, ProviderSlot
 from astr_ray.providers.permits import Grant, Outcomes, PermitCache, PermitLedger
-from astr_ray.providers.transport import ChatResult, Transport, make_transport
+from astr_ray.providers.transport import ChatResult, ToolCall, Transport, make_transport
 
 __all__ = [
     "ChainResult",
@@ -13,6 +13,7 @@ __all__ = [
     "PermitLedger",
     "ProviderChain",
     "ProviderSlot",
+    "ToolCall",
     "Transport",
     "make_transport",
 ]

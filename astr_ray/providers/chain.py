@@ -8,6 +8,12 @@ When every provider failed, ``ProviderUnavailableError`` says why, per provider.
 Streaming: text pieces go to ``on_chunk`` as they arrive. Once a piece has gone out,
 a failure is not retried (the listener would see the answer twice); it ends the turn
 with the error.
+
+Per call, ``prefer`` moves one provider to the front of the order and ``model``
+replaces the model of the first provider in that order only (a model name means
+nothing to another provider, so fallbacks keep their own)::
+
+    slots a, b, c   prefer="b", model="m"   ->   b (model m), a, c
 """
 
 from __future__ import annotations
@@ -17,14 +23,14 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from astr_ray.config import ProviderConfig
 from astr_ray.errors import ProviderError, ProviderRetryableError, ProviderUnavailableError
 from astr_ray.metrics import Metrics
 from astr_ray.providers.permits import PermitCache
-from astr_ray.providers.transport import ChatResult, Transport
+from astr_ray.providers.transport import ChatResult, ToolCall, Transport
 
 __all__ = ["ChainResult", "ProviderChain", "ProviderSlot"]
 
@@ -42,6 +48,9 @@ class ProviderSlot:
 
 @dataclass
 class ChainResult:
+    """The answer and who gave it. ``model`` is the model actually asked (an override
+    included); ``tool_calls`` are the calls the model wants run, in its order."""
+
     content: str
     provider_id: str
     model: str
@@ -49,6 +58,8 @@ class ChainResult:
     attempts: int
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    tool_calls: list[ToolCall] = field(default_factory=list)
+    finish_reason: str | None = None
 
 
 class ProviderChain:
@@ -72,9 +83,18 @@ class ProviderChain:
         messages: list[dict[str, Any]],
         on_chunk: ChunkSink | None = None,
         *,
+        tools: list[dict[str, Any]] | None = None,
+        prefer: str | None = None,
+        model: str | None = None,
         context: dict[str, Any] | None = None,
     ) -> ChainResult:
-        """Answer ``messages`` with the first provider that works; see module docstring."""
+        """Answer ``messages`` with the first provider that works; see module docstring.
+
+        ``tools`` (the OpenAI ``tools`` array) goes to every provider tried. ``prefer``
+        is a provider id to try first; an unknown id is logged and ignored. ``model``
+        applies to the first provider of the order only, even when that one is
+        skipped (circuit open) or fails.
+        """
         if not self.slots:
             raise ProviderUnavailableError(
                 "no LLM provider is configured: add one under `providers` in the config",
@@ -82,8 +102,9 @@ class ProviderChain:
             )
         reasons: list[str] = []
         attempts = 0
-        for slot in self.slots:
+        for position, slot in enumerate(self._order(prefer, context)):
             pid = slot.cfg.id
+            slot_model = model if position == 0 and model else None
             if slot.permits.known_unhealthy():
                 reasons.append(f"{pid}: circuit open")
                 continue
@@ -97,7 +118,7 @@ class ProviderChain:
                     break
                 started = time.perf_counter()
                 try:
-                    result = await self._call(slot, messages, on_chunk, emitted)
+                    result = await self._call(slot, messages, on_chunk, emitted, tools, slot_model)
                 except ProviderRetryableError as exc:
                     slot.permits.release(ok=False, error=exc.message)
                     self._count_error(pid)
@@ -140,15 +161,31 @@ class ProviderChain:
                 return ChainResult(
                     result.content,
                     pid,
-                    slot.cfg.model,
+                    slot_model or slot.cfg.model,
                     time.perf_counter() - started,
                     attempts,
                     result.prompt_tokens,
                     result.completion_tokens,
+                    result.tool_calls,
+                    result.finish_reason,
                 )
         raise ProviderUnavailableError(
             "; ".join(reasons) or "no provider answered", **(context or {})
         )
+
+    def _order(self, prefer: str | None, context: dict[str, Any] | None) -> list[ProviderSlot]:
+        """The slots in fallback order, the preferred one (when known) moved first."""
+        if prefer is None:
+            return self.slots
+        first = [s for s in self.slots if s.cfg.id == prefer]
+        if not first:
+            log.warning(
+                "preferred provider %r is not configured, using the usual order %s",
+                prefer,
+                _ctx(context),
+            )
+            return self.slots
+        return first + [s for s in self.slots if s.cfg.id != prefer]
 
     def _count_error(self, provider_id: str) -> None:
         if self.metrics is not None:
@@ -167,12 +204,14 @@ class ProviderChain:
         messages: list[dict[str, Any]],
         on_chunk: ChunkSink | None,
         emitted: list[bool],
+        tools: list[dict[str, Any]] | None,
+        model: str | None,
     ) -> ChatResult:
         if on_chunk is None:
-            return await slot.transport.complete(messages)
+            return await slot.transport.complete(messages, tools=tools, model=model)
         parts: list[str] = []
         final = ChatResult("")
-        async for item in slot.transport.stream(messages):
+        async for item in slot.transport.stream(messages, tools=tools, model=model):
             if isinstance(item, ChatResult):
                 final = item
                 continue

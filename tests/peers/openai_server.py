@@ -5,10 +5,15 @@ is a pure function of the request, so a test can check that history reached the 
 
     "echo: <last user text> (turn <number of user messages>)"
 
-Behaviour can be scripted per request (``script``: status codes, headers, delays) or
-switched as a whole (``mode``: "ok", "down" answering 503, "hang"). Requests are
-recorded (bounded) for assertions. Run it in a thread of the test process
-(``FakeLLM.start()``) or as its own process for benchmarks::
+or, when the last message is a tool result (``role: "tool"``),
+
+    "tool results: <content of each trailing tool message, joined by ' | '>"
+
+Behaviour can be scripted per request (``script``: status codes, headers, delays, or a
+200 answer with given content and/or tool calls) or switched as a whole (``mode``:
+"ok", "down" answering 503, "hang"). Requests are recorded (bounded) for assertions
+(the ``tools`` and tool messages a client sent included). Run it in a thread of the
+test process (``FakeLLM.start()``) or as its own process for benchmarks::
 
     python -m tests.peers.openai_server --port 18080 --latency 0.5
 """
@@ -29,11 +34,20 @@ from aiohttp import web
 
 @dataclass
 class Scripted:
-    """One scripted answer: an HTTP status with optional headers and body."""
+    """One scripted answer: an HTTP status with optional headers and body.
 
-    status: int
+    A 200 step answers with ``content`` and/or ``tool_calls`` (each ``{"name": str,
+    "arguments": str | dict}``, an optional ``"id"``; a dict is sent as JSON text, a
+    missing name is left out, for garbage), plain or streamed as the request asks. A
+    200 step with neither gives the default answer. ``delay`` seconds pass first.
+    """
+
+    status: int = 200
     headers: dict[str, str] = field(default_factory=dict)
     body: dict[str, Any] | None = None
+    content: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    delay: float = 0.0
 
 
 class FakeLLM:
@@ -53,6 +67,7 @@ class FakeLLM:
         self.requests: deque[dict[str, Any]] = deque(maxlen=record or None)
         self.record = record > 0
         self.calls = 0
+        self._call_ids = 0
         self.port = 0
         self._runner: web.AppRunner | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -69,6 +84,7 @@ class FakeLLM:
         self.script.clear()
         self.requests.clear()
         self.calls = 0
+        self._call_ids = 0
 
     def user_turns(self) -> list[list[str]]:
         """For each recorded request, the user texts it carried (oldest first)."""
@@ -91,14 +107,21 @@ class FakeLLM:
         self.calls += 1
         if self.record:
             self.requests.append(body)
-        if self.script:
-            step = self.script.popleft()
+        step = self.script.popleft() if self.script else None
+        if step is not None:
+            if step.delay:
+                await asyncio.sleep(step.delay)
             if step.status != 200:
                 return web.json_response(
                     step.body or {"error": {"message": f"scripted {step.status}"}},
                     status=step.status,
                     headers=step.headers,
                 )
+            if step.content is not None or step.tool_calls:
+                calls = [self._tool_call(c) for c in step.tool_calls or ()]
+                if body.get("stream"):
+                    return await self._stream(request, body, step.content or "", calls)
+                return web.json_response(_completion(body, step.content, calls))
         if self.mode == "down":
             return web.json_response({"error": {"message": "service down"}}, status=503)
         if self.mode == "hang":
@@ -116,45 +139,86 @@ class FakeLLM:
             return await self._stream(request, body, content)
         return web.json_response(_completion(body, content))
 
+    def _tool_call(self, spec: dict[str, Any]) -> dict[str, Any]:
+        self._call_ids += 1
+        args = spec.get("arguments", "")
+        function: dict[str, Any] = {
+            "arguments": args if isinstance(args, str) else json.dumps(args)
+        }
+        if "name" in spec:
+            function["name"] = spec["name"]
+        return {
+            "id": spec.get("id", f"call_{self._call_ids}"),
+            "type": "function",
+            "function": function,
+        }
+
     def answer(self, body: dict[str, Any]) -> str:
-        users = [m for m in body.get("messages", []) if m.get("role") == "user"]
+        messages = body.get("messages", [])
+        results: list[str] = []
+        for m in reversed(messages):
+            if m.get("role") != "tool":
+                break
+            results.insert(0, str(m.get("content") or ""))
+        if results:
+            return "tool results: " + " | ".join(results)
+        users = [m for m in messages if m.get("role") == "user"]
         last = users[-1]["content"] if users else ""
         if isinstance(last, list):  # content parts
             last = " ".join(p.get("text", "") for p in last if isinstance(p, dict))
         return f"echo: {last} (turn {len(users)})"
 
     async def _stream(
-        self, request: web.Request, body: dict[str, Any], content: str
+        self,
+        request: web.Request,
+        body: dict[str, Any],
+        content: str,
+        tool_calls: list[dict[str, Any]] | None = None,
     ) -> web.StreamResponse:
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(request)
-        words = content.split(" ")
-        for i, word in enumerate(words):
-            piece = word if i == 0 else " " + word
-            chunk = {
+
+        def chunk(delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
+            data = {
                 "id": "chatcmpl-fake",
                 "object": "chat.completion.chunk",
                 "created": int(time.time()),
                 "model": body.get("model", self.model_tag),
-                "choices": [
-                    {
-                        "index": 0,
-                        "delta": {"role": "assistant", "content": piece},
-                        "finish_reason": None,
-                    }
-                ],
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}],
             }
-            await resp.write(f"data: {json.dumps(chunk)}\n\n".encode())
+            return f"data: {json.dumps(data)}\n\n".encode()
+
+        words = content.split(" ") if content or not tool_calls else []
+        for i, word in enumerate(words):
+            piece = word if i == 0 else " " + word
+            await resp.write(chunk({"role": "assistant", "content": piece}))
             if self.stream_delay:
                 await asyncio.sleep(self.stream_delay)
-        final = {
-            "id": "chatcmpl-fake",
-            "object": "chat.completion.chunk",
-            "created": int(time.time()),
-            "model": body.get("model", self.model_tag),
-            "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
-        }
-        await resp.write(f"data: {json.dumps(final)}\n\n".encode())
+        # As OpenAI streams them: id and name in a call's first piece, the arguments in
+        # pieces (two here) that the client must concatenate.
+        for index, call in enumerate(tool_calls or ()):
+            args = call["function"]["arguments"]
+            half = len(args) // 2
+            first = {
+                **call,
+                "index": index,
+                "function": {**call["function"], "arguments": args[:half]},
+            }
+            rest = {"index": index, "function": {"arguments": args[half:]}}
+            await resp.write(chunk({"role": "assistant", "tool_calls": [first]}))
+            await resp.write(chunk({"tool_calls": [rest]}))
+        await resp.write(chunk({}, "tool_calls" if tool_calls else "stop"))
+        if (body.get("stream_options") or {}).get("include_usage"):
+            usage = _completion(body, content)["usage"]
+            final = {
+                "id": "chatcmpl-fake",
+                "object": "chat.completion.chunk",
+                "created": int(time.time()),
+                "model": body.get("model", self.model_tag),
+                "choices": [],
+                "usage": usage,
+            }
+            await resp.write(f"data: {json.dumps(final)}\n\n".encode())
         await resp.write(b"data: [DONE]\n\n")
         await resp.write_eof()
         return resp
@@ -190,9 +254,16 @@ class FakeLLM:
             self._loop = None
 
 
-def _completion(body: dict[str, Any], content: str) -> dict[str, Any]:
-    prompt_tokens = sum(len(str(m.get("content", "")).split()) for m in body.get("messages", []))
-    completion_tokens = len(content.split())
+def _completion(
+    body: dict[str, Any], content: str | None, tool_calls: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
+    """A chat completion; ``content`` is null beside tool calls when None, as OpenAI does."""
+    messages = body.get("messages", [])
+    prompt_tokens = sum(len(str(m.get("content") or "").split()) for m in messages)
+    completion_tokens = len((content or "").split())
+    message: dict[str, Any] = {"role": "assistant", "content": content}
+    if tool_calls:
+        message["tool_calls"] = tool_calls
     return {
         "id": "chatcmpl-fake",
         "object": "chat.completion",
@@ -201,8 +272,8 @@ def _completion(body: dict[str, Any], content: str) -> dict[str, Any]:
         "choices": [
             {
                 "index": 0,
-                "finish_reason": "stop",
-                "message": {"role": "assistant", "content": content},
+                "finish_reason": "tool_calls" if tool_calls else "stop",
+                "message": message,
             }
         ],
         "usage": {
