@@ -1,4 +1,5 @@
-"""Persistence: sessions, conversations, append-only messages and idempotency records.
+"""Persistence: sessions, conversations, append-only messages, idempotency records,
+settings, a key-value store for plugins, and personas.
 
 ``Store`` is the one entry point (SQLAlchemy 2 async Core on SQLite or PostgreSQL);
 ``tables`` holds the schema and ``migrate`` the programmatic alembic upgrade.
@@ -11,6 +12,7 @@ from astr_ray.store.records import (
     ActorEvent,
     ConversationInfo,
     NewMessage,
+    Persona,
     SessionState,
     StoredMessage,
     TurnRecord,
@@ -22,6 +24,7 @@ __all__ = [
     "ActorEvent",
     "ConversationInfo",
     "NewMessage",
+    "Persona",
     "SessionState",
     "Store",
     "StoredMessage",

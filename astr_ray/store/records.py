@@ -11,6 +11,7 @@ __all__ = [
     "ActorEvent",
     "ConversationInfo",
     "NewMessage",
+    "Persona",
     "SessionState",
     "StoredMessage",
     "TurnRecord",
@@ -89,9 +90,29 @@ class ActorEvent:
 
 @dataclass(frozen=True, slots=True)
 class Activation:
-    """What a session host needs to bring one session to life (see ``activate_many``)."""
+    """What a session host needs to bring one session to life (see ``activate_many``).
+
+    ``persona`` is the current conversation's persona name; ``settings`` are the session's
+    own settings rows (scope == ``session_key``), not the global ones.
+    """
 
     session_key: str
     conversation_id: str
     history: list[StoredMessage] = field(default_factory=list)
     recent: dict[str, dict[str, Any]] = field(default_factory=dict)
+    persona: str | None = None
+    settings: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Persona:
+    """A named system prompt with its opening dialog and the tools it may use.
+
+    ``begin_dialogs`` are ``(user, assistant)`` pairs put before the conversation's history;
+    ``tools`` lists the tool names allowed, ``None`` meaning every tool.
+    """
+
+    name: str
+    system_prompt: str
+    begin_dialogs: list[tuple[str, str]] = field(default_factory=list)
+    tools: list[str] | None = None

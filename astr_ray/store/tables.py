@@ -9,6 +9,8 @@ This module is the single source of truth for table shapes; the hand-written mig
         │ session_key                           │ session_key
         └──────────────── processed_events (session_key, event_id)   actor_events (standalone)
 
+    settings (scope, key)   plugin_kv (plugin, key)   personas (name)     standalone, no FKs
+
 Timestamps are float unix seconds in ``Float`` columns: simple and identical on every backend.
 Constraint names follow ``NAMING_CONVENTION`` so that migrations can refer to them by name.
 """
@@ -36,8 +38,11 @@ __all__ = [
     "conversations",
     "messages",
     "metadata",
+    "personas",
+    "plugin_kv",
     "processed_events",
     "sessions",
+    "settings",
 ]
 
 NAMING_CONVENTION: dict[str, str] = {
@@ -117,4 +122,40 @@ actor_events = Table(
     Column("reason", Text, nullable=False),
     Column("pid", Integer, nullable=True),
     Column("created_at", Float, nullable=False, index=True),
+)
+
+# ``scope`` is ``"global"`` or a session key; a session's rows ride along in ``activate_many``.
+# ``value`` is never SQL NULL: setting ``None`` deletes the row instead.
+settings = Table(
+    "settings",
+    metadata,
+    Column("scope", String(255), primary_key=True),
+    Column("key", String(128), primary_key=True),
+    Column("value", JSON, nullable=False),
+    Column("updated_at", Float, nullable=False),
+)
+
+# A small key-value store per plugin; the primary key also serves ``kv_keys`` prefix scans.
+plugin_kv = Table(
+    "plugin_kv",
+    metadata,
+    Column("plugin", String(128), primary_key=True),
+    Column("key", String(255), primary_key=True),
+    Column("value", JSON, nullable=False),
+    Column("updated_at", Float, nullable=False),
+)
+
+# ``conversations.persona`` names a row here by convention only (no foreign key): a persona
+# may come from the config file, and deleting one must not touch old conversations.
+personas = Table(
+    "personas",
+    metadata,
+    Column("name", String(128), primary_key=True),
+    Column("system_prompt", Text, nullable=False),
+    # A list of [user, assistant] pairs.
+    Column("begin_dialogs", JSON, nullable=False),
+    # A list of tool names; SQL NULL (``None``) means every tool.
+    Column("tools", JSON(none_as_null=True), nullable=True),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
 )
