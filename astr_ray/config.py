@@ -21,9 +21,14 @@ from astr_ray.errors import ConfigError
 
 __all__ = [
     "DEFAULT_CONFIG_PATH",
+    "AccessConfig",
+    "AgentConfig",
     "Config",
     "DashboardConfig",
+    "PersonaConfig",
+    "PluginsConfig",
     "ProviderConfig",
+    "RateLimitConfig",
     "RuntimeConfig",
     "SessionsConfig",
     "StoreConfig",
@@ -64,6 +69,9 @@ class ProviderConfig(_Section):
     max_backoff_s: float = Field(default=10.0, ge=0)
     failure_threshold: int = Field(default=3, ge=1)
     cooldown_s: float = Field(default=15.0, ge=0)
+    context_window: int | None = Field(
+        default=None, ge=256, description="input tokens; default: what litellm knows, else 8192"
+    )
     temperature: float | None = Field(default=None, ge=0, le=2)
     max_tokens: int | None = Field(default=None, ge=1)
     enabled: bool = True
@@ -98,6 +106,71 @@ class DashboardConfig(_Section):
     port: int = Field(default=6185, ge=0, le=65_535)
 
 
+class PluginsConfig(_Section):
+    """Plugins: where they live, their time limits, their settings."""
+
+    dir: Path | None = Field(default=None, description="default: <data_dir>/plugins")
+    handler_timeout_s: float = Field(default=30.0, gt=0, le=3600)
+    max_dialog_wait_s: float = Field(default=600.0, gt=0)
+    watch: bool = Field(default=False, description="reload plugins when their files change")
+    disabled: list[str] = Field(default_factory=list, description="plugins off by default")
+    ping_timeout_s: float = Field(
+        default=5.0,
+        gt=0,
+        description="an isolated plugin's process that does not answer a "
+        "ping this long (its event loop is blocked) is restarted",
+    )
+    settings: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="per plugin: values for its config schema"
+    )
+
+
+class PersonaConfig(_Section):
+    name: str = Field(min_length=1, max_length=128, pattern=r"^[\w.-]+$")
+    system_prompt: str
+    begin_dialogs: list[tuple[str, str]] = Field(default_factory=list)
+    tools: list[str] | None = Field(default=None, description="allowed tools; null = all")
+
+
+class AgentConfig(_Section):
+    """The agent loop and context management."""
+
+    max_steps: int = Field(default=8, ge=1, le=64, description="LLM calls per turn, at most")
+    tool_timeout_s: float = Field(default=30.0, gt=0, le=3600)
+    default_persona: str | None = None
+    compress_at: float = Field(
+        default=0.8,
+        gt=0,
+        le=1,
+        description="compress when a request nears this fraction of the model's context window",
+    )
+    compression: Literal["summarize", "truncate"] = "summarize"
+    keep_recent_turns: int = Field(default=4, ge=0, le=100)
+    reply_reserve_tokens: int = Field(default=1024, ge=0, description="room kept for the answer")
+
+
+class RateLimitConfig(_Section):
+    per_minute: float | None = Field(default=None, gt=0, description="messages per session")
+    burst: int = Field(default=5, ge=1)
+    mode: Literal["reply", "queue"] = Field(
+        default="reply", description="reply: answer 'slow down'; queue: wait for a token"
+    )
+
+
+class AccessConfig(_Section):
+    """Who may use the bot, and how fast."""
+
+    admins: list[str] = Field(
+        default_factory=list, description="<platform>:<user id>, e.g. webchat:alice"
+    )
+    allow: list[str] = Field(
+        default_factory=list,
+        description="session keys (or prefixes ending in *) allowed; empty = everyone",
+    )
+    rate_limit: RateLimitConfig = Field(default_factory=RateLimitConfig)
+    blocked_words: list[str] = Field(default_factory=list, description="case-insensitive")
+
+
 class RuntimeConfig(_Section):
     namespace: str = Field(default="astr-ray", min_length=1)
     placement: Literal["auto", "resources", "any"] = Field(
@@ -123,6 +196,10 @@ class Config(_Section):
     sessions: SessionsConfig = Field(default_factory=SessionsConfig)
     webchat: WebChatConfig = Field(default_factory=WebChatConfig)
     dashboard: DashboardConfig = Field(default_factory=DashboardConfig)
+    plugins: PluginsConfig = Field(default_factory=PluginsConfig)
+    agent: AgentConfig = Field(default_factory=AgentConfig)
+    personas: list[PersonaConfig] = Field(default_factory=list)
+    access: AccessConfig = Field(default_factory=AccessConfig)
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
 
     @model_validator(mode="after")
@@ -136,7 +213,18 @@ class Config(_Section):
         for i, pid in enumerate(self.fallback):
             if pid not in seen:
                 raise _KeyError(f"fallback[{i}]", f"unknown provider id {pid!r}")
+        names = [p.name for p in self.personas]
+        for i, name in enumerate(names):
+            if name in names[:i]:
+                raise _KeyError(f"personas[{i}].name", f"duplicate persona {name!r}")
+        default = self.agent.default_persona
+        if default is not None and default not in names:
+            raise _KeyError("agent.default_persona", f"no persona named {default!r} in `personas`")
         return self
+
+    @property
+    def plugins_dir(self) -> Path:
+        return self.plugins.dir or self.data_dir / "plugins"
 
     @property
     def store_url(self) -> str:
@@ -305,6 +393,36 @@ webchat:
 dashboard:
   host: 127.0.0.1
   port: 6185
+
+plugins:
+  dir: null                  # default: <data_dir>/plugins
+  handler_timeout_s: 30      # every plugin handler and hook, each call
+  watch: false               # reload plugins on file change (`astr-ray dev` turns it on)
+  disabled: []               # plugins off until enabled (/plugin on <name>)
+  settings: {}               # per plugin, e.g. weather: {api_url: "https://..."}
+
+agent:
+  max_steps: 8               # LLM calls per turn (tool rounds + the answer)
+  tool_timeout_s: 30
+  default_persona: null      # a name from `personas`
+  compress_at: 0.8           # fraction of the model's context window
+  compression: summarize     # summarize | truncate
+  keep_recent_turns: 4       # turns kept verbatim when older ones are summarized
+
+personas: []
+#  - name: pirate                       # example
+#    system_prompt: You talk like a pirate.
+#    begin_dialogs: [["Who are you?", "Arr, a pirate bot!"]]
+#    tools: null                        # null = every tool; or a list of tool names
+
+access:
+  admins: []                 # <platform>:<user id>, e.g. webchat:alice
+  allow: []                  # session keys allowed (prefix*); empty = everyone
+  rate_limit:
+    per_minute: null         # messages per session per minute; null = unlimited
+    burst: 5
+    mode: reply              # reply ("slow down") | queue (wait)
+  blocked_words: []
 
 runtime:
   namespace: astr-ray

@@ -88,6 +88,19 @@ class Metrics:
             ["child", "kind"],
             registry=r,
         )
+        self.plugin_calls = Counter(
+            "astr_ray_plugin_calls",
+            "Plugin handler and tool calls, per plugin, kind and outcome",
+            ["plugin", "kind", "outcome"],
+            registry=r,
+        )
+        self.plugin_seconds = Histogram(
+            "astr_ray_plugin_seconds",
+            "Plugin handler and tool latency, per plugin",
+            ["plugin"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.errors = Counter(
             "astr_ray_errors", "Errors by component and kind", ["component", "kind"], registry=r
         )

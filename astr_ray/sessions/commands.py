@@ -8,7 +8,7 @@ plugin system adds its own commands to the same registry.
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -37,6 +37,7 @@ class Command:
     usage: str
     help: str
     aliases: tuple[str, ...] = ()
+    admin: bool = False
 
 
 class CommandRegistry:
@@ -53,10 +54,16 @@ class CommandRegistry:
         self._commands.append(command)
 
     def command(
-        self, name: str, usage: str, help: str, aliases: tuple[str, ...] = ()
+        self,
+        name: str,
+        usage: str,
+        help: str,
+        aliases: tuple[str, ...] = (),
+        *,
+        admin: bool = False,
     ) -> Callable[[Handler], Handler]:
         def register(handler: Handler) -> Handler:
-            self.add(Command(name, handler, usage, help, aliases))
+            self.add(Command(name, handler, usage, help, aliases, admin))
             return handler
 
         return register
@@ -64,17 +71,29 @@ class CommandRegistry:
     def get(self, name: str) -> Command | None:
         return self._by_name.get(name)
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
+    def __iter__(self) -> Iterator[Command]:
         return iter(self._commands)
 
-    def help_text(self) -> str:
-        width = max((len(c.usage) for c in self._commands), default=0)
-        lines = ["Commands:"]
-        lines += [f"  {c.usage.ljust(width)}  {c.help}" for c in self._commands]
+    def names(self) -> set[str]:
+        return set(self._by_name)
+
+    def help_text(self, extra: Sequence[tuple[str, str]] = (), *, admin: bool = False) -> str:
+        """Every command with its usage: built-ins (admin ones for admins), then
+        ``extra`` (plugins' commands)."""
+        rows = [
+            (c.usage, c.help + (" (admin)" if c.admin else ""))
+            for c in self._commands
+            if admin or not c.admin
+        ]
+        plugin_rows = list(extra)
+        width = max((len(u) for u, _ in rows + plugin_rows), default=0)
+        lines = ["Commands:"] + [f"  {u.ljust(width)}  {h}" for u, h in rows]
+        if plugin_rows:
+            lines += ["Plugin commands:"] + [f"  {u.ljust(width)}  {h}" for u, h in plugin_rows]
         return "\n".join(lines)
 
-    def unknown(self, name: str) -> str:
-        close = [c.name for c in self._commands if c.name.startswith(name[:2])]
+    def unknown(self, name: str, extra: Sequence[str] = ()) -> str:
+        names = [c.name for c in self._commands if not c.admin] + list(extra)
+        close = [n for n in names if n.startswith(name[:2])]
         hint = f" Did you mean /{close[0]}?" if close else ""
-        names = ", ".join(f"/{c.name}" for c in self._commands)
-        return f"Unknown command /{name}.{hint} Available: {names}. Send /help for usage."
+        return f"Unknown command /{name}.{hint} Send /help for the list."

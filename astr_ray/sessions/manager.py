@@ -25,6 +25,7 @@ from astr_ray.config import SessionsConfig
 from astr_ray.errors import AstrRayError
 from astr_ray.message import Event, Reply
 from astr_ray.metrics import Metrics
+from astr_ray.sessions.commands import parse_command
 from astr_ray.sessions.turn import LiveSession, TurnProcessor
 
 __all__ = ["SessionManager"]
@@ -42,6 +43,8 @@ class _Mailbox:
     )
     live: LiveSession | None = None
     worker: asyncio.Task[None] | None = None
+    current: asyncio.Future[Reply] | None = None  # the turn running now
+    stopping: bool = False
     last_active: float = field(default_factory=time.monotonic)
 
     @property
@@ -88,6 +91,9 @@ class SessionManager:
             self._evict_over_cap()
         else:
             self.sessions.move_to_end(key)
+        stopped = await self._stop(box, event)
+        if stopped is not None:
+            return stopped
         if len(box.queue) >= self.cfg.mailbox_size:
             self.busy_refusals += 1
             return Reply.of_text(
@@ -104,6 +110,43 @@ class SessionManager:
             box.worker = asyncio.create_task(self._work(box))
         return await fut
 
+    async def _stop(self, box: _Mailbox, event: Event) -> Reply | None:
+        """``/stop`` does not queue behind the turn it stops: it cancels the running turn
+        (and a plugin waiting for this user's answer) at once. None: nothing to stop,
+        and the message goes through the mailbox like any other."""
+        parsed = parse_command(event.text)
+        if parsed is None or parsed[0] != "stop":
+            return None
+        what = None
+        if box.current is not None and not box.current.done():
+            box.stopping = True
+            box.current.cancel()
+            what = "Stopped the answer."
+        live = box.live
+        if live is not None and live.dialog is not None and live.dialog.sender == event.sender.id:
+            ref, live.dialog = live.dialog, None
+            if self.processor.plugins is not None:
+                await self.processor.plugins.cancel(ref.plugin, ref.dialog)
+            what = what or f"Stopped {ref.plugin}'s question."
+        if what is None:
+            return None
+        return Reply.of_text(box.key, event.message_id, what)
+
+    async def _turn(self, box: _Mailbox, event: Event, on_chunk: ChunkSink | None) -> Reply:
+        assert box.live is not None
+        turn = asyncio.ensure_future(self.processor.process(box.live, event, on_chunk))
+        box.current = turn
+        try:
+            return await asyncio.wait_for(turn, self.cfg.turn_timeout_s)
+        except asyncio.CancelledError:
+            if not box.stopping:
+                raise
+            box.stopping = False
+            log.info("turn stopped session=%s event=%s", box.key, event.message_id)
+            return await self.processor.stopped(box.live, event)
+        finally:
+            box.current = None
+
     async def _work(self, box: _Mailbox) -> None:
         while box.queue:
             event, on_chunk, fut = box.queue[0]
@@ -112,9 +155,7 @@ class SessionManager:
                 if box.live is None:
                     box.live = await self.processor.load(box.key)
                     self.activations += 1
-                reply = await asyncio.wait_for(
-                    self.processor.process(box.live, event, on_chunk), self.cfg.turn_timeout_s
-                )
+                reply = await self._turn(box, event, on_chunk)
             except TimeoutError:
                 log.error("turn timed out session=%s event=%s", box.key, event.message_id)
                 reply = Reply.of_text(

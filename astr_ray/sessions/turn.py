@@ -1,43 +1,76 @@
 """One turn of one session: the pipeline from an event to its reply.
 
-    event ─► duplicate? ──yes──► the stored reply (duplicate=True)
-               │no
-               ▼
-          command? ──yes──► command handler ─┐
-               │no                           │
-               ▼                             ▼
-          LLM (fallback chain) ──────► commit (messages + idempotency record, one
-                                       transaction) ─► reply
+    event ─► duplicate? ─► stored reply (duplicate=True)
+          ─► access: allow-list, bot switch, blocked words, rate limit ─► refusal
+          ─► a plugin dialog waiting for this user? ─► resume it
+          ─► command? ─► built-in, or a plugin's (time-limited, contained)
+          ─► plugin regex / message handlers (may answer)
+          ─► LLM: persona + summary + history, fitted to the context window
+                  (compressed when near the limit), before_llm hooks, agent loop
+                  with the plugins' tools, after_llm hooks
+          ─► decorate hooks, output filter ─► commit ─► reply (after_send hooks)
 
-The store holds the truth; a ``LiveSession`` is the in-memory cache of one session's
-current conversation, rebuilt by ``load`` on activation. A turn whose LLM call fails
-for good commits nothing (no half turn, no idempotency record), so the same message can
-be sent again and is answered once.
+The store holds the truth; a ``LiveSession`` is the in-memory cache of one session,
+rebuilt by ``load`` on activation. A turn whose LLM call fails for good commits nothing
+(no half turn, no idempotency record), so the same message can be sent again and is
+answered once. Refusals (allow-list, rate limit, blocked words) commit nothing either.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from astr_ray.batching import BatchRunner
-from astr_ray.config import Config
-from astr_ray.errors import DuplicateEventError, ProviderUnavailableError, StoreError
+from astr_ray.config import Config, ProviderConfig
+from astr_ray.errors import (
+    DuplicateEventError,
+    ProviderUnavailableError,
+    StoreError,
+)
 from astr_ray.message import Event, Reply
+from astr_ray.plugins.manager import PluginManager, Target
 from astr_ray.providers.chain import ProviderChain
+from astr_ray.sessions.access import (
+    GlobalSettings,
+    TokenBucket,
+    allowed,
+    blocked_word,
+    censor,
+)
+from astr_ray.sessions.agent import ToolFailure, run_agent
 from astr_ray.sessions.commands import CommandRegistry, parse_command
-from astr_ray.store import Activation, NewMessage, Store, StoredMessage, TurnRecord
+from astr_ray.sessions.personas import Personas
+from astr_ray.sessions.window import TokenCounter
+from astr_ray.store import Activation, NewMessage, Persona, Store, StoredMessage, TurnRecord
 
-__all__ = ["CommandContext", "LiveSession", "TurnProcessor", "builtin_commands"]
+__all__ = ["CommandContext", "DialogRef", "LiveSession", "TurnProcessor"]
 
 log = logging.getLogger(__name__)
 
 ChunkSink = Callable[[str], Awaitable[None]]
 
 RECENT_EVENTS = 256
+
+SUMMARY_PROMPT = (
+    "Summarize the conversation below for your own later reference: the facts, names, "
+    "decisions and open questions, in the language of the conversation, at most 200 words."
+)
+
+
+@dataclass
+class DialogRef:
+    """A plugin handler waiting for this sender's next message (``ctx.ask``)."""
+
+    plugin: str
+    dialog: str
+    sender: str
+    expires: float
 
 
 @dataclass
@@ -49,6 +82,11 @@ class LiveSession:
     history: list[dict[str, str]]
     next_seq: int
     recent: OrderedDict[str, dict[str, Any]] = field(default_factory=OrderedDict)
+    summary: str | None = None
+    persona: str | None = None
+    settings: dict[str, Any] = field(default_factory=dict)
+    bucket: TokenBucket | None = None
+    dialog: DialogRef | None = None
 
     def remember(self, event_id: str, reply: dict[str, Any]) -> None:
         self.recent[event_id] = reply
@@ -61,6 +99,48 @@ class CommandContext:
     processor: TurnProcessor
     live: LiveSession
     event: Event
+    is_admin: bool = False
+    disabled: set[str] = field(default_factory=set)
+    pending: list[NewMessage] = field(default_factory=list)  # committed with the reply
+
+
+class TooLong(Exception):
+    """The request cannot fit the model's window even without history."""
+
+
+class _ToolBox:
+    def __init__(
+        self,
+        plugins: PluginManager,
+        specs: list[Any],
+        event: Event,
+        is_admin: bool,
+        timeout: float,
+    ) -> None:
+        self.plugins = plugins
+        self.specs = specs
+        self.names = {s.name for s in specs}
+        self.event = event
+        self.is_admin = is_admin
+        self.timeout = timeout
+
+    def schemas(self) -> list[dict[str, Any]]:
+        return [s.openai() for s in self.specs]
+
+    async def run(self, name: str, arguments: dict[str, Any]) -> str:
+        hit = self.plugins.tool_plugin(name) if name in self.names else None
+        if hit is None:
+            raise ToolFailure(f"there is no tool named {name!r}")
+        plugin, spec = hit
+        out = await self.plugins.call(
+            Target(plugin, spec.id, "tool", arguments),
+            self.event,
+            is_admin=self.is_admin,
+            limit=self.timeout,
+        )
+        if "error" in out:
+            raise ToolFailure(out["message"])
+        return str(out.get("ok", ""))
 
 
 class TurnProcessor:
@@ -72,17 +152,30 @@ class TurnProcessor:
         chain: ProviderChain,
         cfg: Config,
         commands: CommandRegistry | None = None,
+        plugins: PluginManager | None = None,
+        broadcast_reload: Callable[[str | None], Awaitable[list[str]]] | None = None,
     ) -> None:
+        from astr_ray.sessions.builtins import builtin_commands
+
         self.store = store
         self.chain = chain
         self.cfg = cfg
         self.commands = commands or builtin_commands()
+        self.plugins = plugins
+        self.broadcast_reload = broadcast_reload
         self.history_messages = 2 * cfg.sessions.history_turns
+        self.globals = GlobalSettings(
+            lambda: store.get_settings("global"),
+            lambda k, v: store.set_setting("global", k, v),
+        )
+        self.personas = Personas(cfg, store.list_personas)
+        self.counter = TokenCounter(cfg.agent)
         # Turns finishing together share a transaction; sessions activated together
         # share one activation query (see astr_ray.batching).
         self.commits: BatchRunner[TurnRecord, None] = BatchRunner(store.commit_turns)
         self.activations: BatchRunner[str, Activation] = BatchRunner(self._activate_batch)
 
+    # -- activation ---------------------------------------------------------------------
     async def _activate_batch(self, keys: list[str]) -> list[Activation]:
         acts = await self.store.activate_many(keys, self.history_messages, RECENT_EVENTS)
         return [acts[k] for k in keys]
@@ -90,7 +183,9 @@ class TurnProcessor:
     async def load(self, key: str) -> LiveSession:
         """Activate: read the session's current conversation and recent event ids."""
         act = await self.activations.submit(key)
-        return self._live(key, act.conversation_id, act.history, act.recent)
+        live = self._live(key, act.conversation_id, act.history, act.recent)
+        live.persona, live.settings = act.persona, dict(act.settings)
+        return live
 
     def _live(
         self,
@@ -99,11 +194,14 @@ class TurnProcessor:
         rows: list[StoredMessage],
         recent: dict[str, dict[str, Any]],
     ) -> LiveSession:
-        history = [
-            {"role": m.role, "content": m.content} for m in rows if m.role in ("user", "assistant")
-        ]
+        summary, history = _history_from_rows(rows)
         return LiveSession(
-            key, conversation_id, history, rows[-1].seq + 1 if rows else 0, OrderedDict(recent)
+            key,
+            conversation_id,
+            history,
+            rows[-1].seq + 1 if rows else 0,
+            OrderedDict(recent),
+            summary=summary,
         )
 
     async def _load_conversation(self, key: str, conversation_id: str) -> LiveSession:
@@ -111,6 +209,7 @@ class TurnProcessor:
         recent = await self.store.recent_processed(key, limit=RECENT_EVENTS)
         return self._live(key, conversation_id, rows, recent)
 
+    # -- the pipeline -------------------------------------------------------------------
     async def process(
         self, live: LiveSession, event: Event, on_chunk: ChunkSink | None = None
     ) -> Reply:
@@ -118,32 +217,323 @@ class TurnProcessor:
         stored = live.recent.get(event.message_id)
         if stored is not None:
             return Reply.from_dict({**stored, "duplicate": True})
+        g = await self.globals.get()
+        is_admin = self.is_admin(event, g)
         text = event.text.strip()
         parsed = parse_command(text)
+        refusal = await self._gate(live, event, g, is_admin, text, parsed)
+        if refusal is not None:
+            return refusal
+        disabled = self.disabled_plugins(g, live)
+        if live.dialog is not None and live.dialog.sender == event.sender.id:
+            ref, live.dialog = live.dialog, None
+            if ref.expires > time.monotonic() and self.plugins is not None:
+                outcome = await self.plugins.resume(ref.plugin, ref.dialog, event)
+                return await self._plugin_answer(
+                    live, event, ref.plugin, outcome, is_admin, disabled
+                )
         if parsed is not None:
-            name, args = parsed
-            command = self.commands.get(name)
-            ctx = CommandContext(self, live, event)
-            answer = (
-                await command.handler(ctx, args)
-                if command is not None
-                else self.commands.unknown(name)
-            )
-            reply = Reply.of_text(live.key, event.message_id, answer)
-            return await self._commit(live, event, [], reply)
+            return await self._command(live, event, parsed, is_admin, disabled)
+        if self.plugins is not None:
+            for target in self.plugins.message_targets(event, disabled, is_admin):
+                outcome = await self.plugins.call(target, event, is_admin=is_admin)
+                if outcome.get("ok") is None and "ask" not in outcome and "error" not in outcome:
+                    continue  # the handler let the message go on
+                return await self._plugin_answer(
+                    live, event, target.plugin, outcome, is_admin, disabled
+                )
         if not text:
             reply = Reply.of_text(
                 live.key, event.message_id, "I can only read text messages for now."
             )
             return await self._commit(live, event, [], reply)
-        messages = [
-            {"role": "system", "content": self.cfg.system_prompt},
-            *live.history[-self.history_messages :],
-            {"role": "user", "content": text},
-        ]
+        if live.settings.get("llm") is False:
+            return Reply(session_key=live.key, event_id=event.message_id, error="llm_off")
+        return await self._llm_turn(live, event, text, on_chunk, is_admin, disabled)
+
+    def is_admin(self, event: Event, g: dict[str, Any]) -> bool:
+        who = f"{event.platform_id}:{event.sender.id}"
+        return who in self.cfg.access.admins or who in (g.get("admins") or [])
+
+    def disabled_plugins(self, g: dict[str, Any], live: LiveSession) -> set[str]:
+        states: dict[str, bool] = g.get("plugin_states") or {}
+        off = {n for n in self.cfg.plugins.disabled if states.get(n) is not True}
+        off |= {n for n, on in states.items() if on is False}
+        return off | set(live.settings.get("plugins_off") or [])
+
+    async def _gate(
+        self,
+        live: LiveSession,
+        event: Event,
+        g: dict[str, Any],
+        is_admin: bool,
+        text: str,
+        parsed: tuple[str, str] | None,
+    ) -> Reply | None:
+        """A refusal, or None when the message may go on. Refusals commit nothing."""
+        access = self.cfg.access
+        if not is_admin and not allowed(live.key, access, g.get("allow") or []):
+            return self._refuse(
+                live, event, "This chat is not on the bot's allow-list.", "not_allowed"
+            )
+        if live.settings.get("bot") is False and not (parsed and parsed[0] == "bot"):
+            return Reply(session_key=live.key, event_id=event.message_id, error="bot_off")
+        word = blocked_word(text, access.blocked_words)
+        if word is not None:
+            return self._refuse(live, event, "Your message contains a blocked word.", "blocked")
+        limit = access.rate_limit
+        if limit.per_minute and not is_admin:
+            if live.bucket is None:
+                live.bucket = TokenBucket(limit)
+            wait = live.bucket.take()
+            if wait > 0:
+                if limit.mode == "reply" or wait > self.cfg.sessions.turn_timeout_s / 2:
+                    return self._refuse(
+                        live,
+                        event,
+                        f"Slow down, please: try again in {max(1, round(wait))} s.",
+                        "rate_limited",
+                    )
+                await asyncio.sleep(wait)
+                live.bucket.take()
+        return None
+
+    @staticmethod
+    def _refuse(live: LiveSession, event: Event, text: str, error: str) -> Reply:
+        return Reply.of_text(live.key, event.message_id, text, error=error)
+
+    async def _command(
+        self,
+        live: LiveSession,
+        event: Event,
+        parsed: tuple[str, str],
+        is_admin: bool,
+        disabled: set[str],
+    ) -> Reply:
+        name, args = parsed
+        builtin = self.commands.get(name)
+        if builtin is not None:
+            if builtin.admin and not is_admin:
+                answer = f"/{name} is for admins only."
+                return await self._commit(
+                    live, event, [], Reply.of_text(live.key, event.message_id, answer)
+                )
+            ctx = CommandContext(self, live, event, is_admin, disabled)
+            answer = await builtin.handler(ctx, args)
+            reply = Reply.of_text(live.key, event.message_id, answer)
+            return await self._commit(live, event, ctx.pending, reply)
+        hit = self.plugins.find_command(name, args, disabled) if self.plugins else None
+        if isinstance(hit, str):
+            return await self._commit(
+                live, event, [], Reply.of_text(live.key, event.message_id, hit)
+            )
+        if hit is None:
+            extra = self.plugins.help_entries(disabled) if self.plugins else []
+            answer = self.commands.unknown(name, [u.split()[0][1:] for u, _ in extra])
+            return await self._commit(
+                live, event, [], Reply.of_text(live.key, event.message_id, answer)
+            )
+        assert self.plugins is not None
+        plugin, spec, argtext = hit
+        if spec.filters.admin and not is_admin:
+            answer = f"/{name} is for admins only."
+        elif not spec.filters.allows(event.platform_id, event.chat_type.value):
+            answer = f"/{name} is not available in this chat."
+        else:
+            outcome = await self.plugins.call(
+                Target(plugin, spec.id, "command", argtext), event, is_admin=is_admin
+            )
+            return await self._plugin_answer(live, event, plugin, outcome, is_admin, disabled)
+        return await self._commit(
+            live, event, [], Reply.of_text(live.key, event.message_id, answer)
+        )
+
+    async def _plugin_answer(
+        self,
+        live: LiveSession,
+        event: Event,
+        plugin: str,
+        outcome: dict[str, Any],
+        is_admin: bool,
+        disabled: set[str],
+    ) -> Reply:
+        error = None
+        if "ask" in outcome:
+            wait = min(float(outcome.get("timeout") or 120), self.cfg.plugins.max_dialog_wait_s)
+            live.dialog = DialogRef(
+                plugin, outcome["dialog"], event.sender.id, time.monotonic() + wait
+            )
+            text = outcome["ask"]
+        elif "error" in outcome:
+            kind = outcome["error"]
+            text = outcome["message"] if kind == "usage" else f"⚠️ {outcome['message']}"
+            error = None if kind == "usage" else "plugin_" + kind
+        else:
+            text = outcome.get("ok") or ""
+        return await self._finish(live, event, text, [], is_admin, disabled, error=error)
+
+    async def _finish(
+        self,
+        live: LiveSession,
+        event: Event,
+        text: str,
+        new: list[NewMessage],
+        is_admin: bool,
+        disabled: set[str],
+        error: str | None = None,
+    ) -> Reply:
+        """Decorate, filter, commit, then tell the after_send hooks."""
+        if text and self.plugins is not None and error is None:
+            out = await self._hooks("decorate", {"text": text}, event, is_admin, disabled)
+            text = str(out.get("text", text))
+        text = censor(text, self.cfg.access.blocked_words)
+        reply = Reply.of_text(live.key, event.message_id, text, error=error)
+        reply = await self._commit(live, event, new, reply)
+        if self.plugins is not None and self.plugins.hook_targets("after_send", disabled):
+            task = asyncio.create_task(
+                self._hooks("after_send", reply.to_dict(), event, is_admin, disabled)
+            )
+            task.add_done_callback(lambda t: t.cancelled() or t.exception())
+        return reply
+
+    async def _hooks(
+        self, hook: str, payload: dict[str, Any], event: Event, is_admin: bool, disabled: set[str]
+    ) -> dict[str, Any]:
+        """Run a hook chain; a hook that fails is skipped (and logged by the manager)."""
+        assert self.plugins is not None
+        for target in self.plugins.hook_targets(hook, disabled):
+            out = await self.plugins.call(
+                Target(target.plugin, target.handler, "hook", payload), event, is_admin=is_admin
+            )
+            value = out.get("ok")
+            if isinstance(value, dict):
+                payload = value
+        return payload
+
+    # -- the LLM path -------------------------------------------------------------------
+    def provider_for(self, live: LiveSession) -> ProviderConfig | None:
+        chain = self.cfg.provider_chain()
+        prefer = live.settings.get("provider")
+        for p in chain:
+            if p.id == prefer:
+                return p
+        return chain[0] if chain else None
+
+    def _head(self, persona: Persona, summary: str | None) -> list[dict[str, Any]]:
+        head: list[dict[str, Any]] = [{"role": "system", "content": persona.system_prompt}]
+        for user, assistant in persona.begin_dialogs:
+            head += [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]
+        if summary:
+            head.append(
+                {"role": "system", "content": f"Summary of the earlier conversation: {summary}"}
+            )
+        return head
+
+    async def fit(
+        self, live: LiveSession, persona: Persona, text: str, *, compress: bool = True
+    ) -> tuple[list[dict[str, Any]], list[NewMessage]]:
+        """The request for this turn, inside the model's window: compressed (summary
+        stored with the turn) or with the oldest history left out. ``TooLong`` if the
+        message does not fit even alone."""
+        provider = self.provider_for(live)
+        user = {"role": "user", "content": text}
+        history = list(live.history[-self.history_messages :])
+        if provider is None:
+            return [*self._head(persona, live.summary), *history, user], []
+        model = live.settings.get("model") or provider.model
+        budget = await self.counter.budget(provider)
+        messages = [*self._head(persona, live.summary), *history, user]
+        tokens = await self.counter.count(model, messages, budget.limit)
+        new: list[NewMessage] = []
+        if tokens > budget.limit and compress and self.cfg.agent.compression == "summarize":
+            summary = await self.compress(live)
+            if summary is not None:
+                new.append(summary)
+                history = list(live.history)
+                messages = [*self._head(persona, live.summary), *history, user]
+                tokens = await self.counter.count(model, messages, budget.limit)
+        while tokens > budget.limit and history:
+            drop = 2 if len(history) > 1 else 1
+            history = history[drop:]
+            messages = [*self._head(persona, live.summary), *history, user]
+            tokens = await self.counter.count(model, messages, budget.limit)
+        if tokens > budget.limit:
+            raise TooLong(f"{tokens} tokens; this model takes {budget.limit}")
+        return messages, new
+
+    async def compress(self, live: LiveSession, *, force: bool = False) -> NewMessage | None:
+        """Summarize all but the last ``keep_recent_turns`` turns into ``live.summary``.
+        Returns the summary message to store with the turn (None: nothing to do)."""
+        keep = 2 * self.cfg.agent.keep_recent_turns
+        older = live.history[:-keep] if keep else list(live.history)
+        if not older and not (force and live.history):
+            return None
+        if not older:
+            older, keep = list(live.history), 0
+        transcript = "\n".join(f"{m['role']}: {m['content']}" for m in older)
+        if live.summary:
+            transcript = f"(earlier summary) {live.summary}\n{transcript}"
+        provider = self.provider_for(live)
+        if provider is not None:
+            budget = await self.counter.budget(provider)
+            room = max(budget.limit - 200, 100) * 3  # bytes, by the estimate's ratio
+            transcript = transcript.encode()[-room:].decode(errors="ignore")
+        result = await self.chain.complete(
+            [
+                {"role": "system", "content": SUMMARY_PROMPT},
+                {"role": "user", "content": transcript},
+            ],
+            context={"session": live.key, "purpose": "summary"},
+        )
+        live.summary = result.content.strip()
+        live.history = live.history[-keep:] if keep else []
+        return NewMessage("system", live.summary, {"summary": True, "kept": len(live.history)})
+
+    async def _llm_turn(
+        self,
+        live: LiveSession,
+        event: Event,
+        text: str,
+        on_chunk: ChunkSink | None,
+        is_admin: bool,
+        disabled: set[str],
+    ) -> Reply:
+        persona = await self.personas.resolve(live.persona)
+        context = {"session": live.key, "event": event.message_id}
         try:
-            result = await self.chain.complete(
-                messages, on_chunk, context={"session": live.key, "event": event.message_id}
+            messages, new = await self.fit(live, persona, text)
+            if self.plugins is not None:
+                req = await self._hooks(
+                    "before_llm",
+                    {"system_prompt": persona.system_prompt, "messages": messages},
+                    event,
+                    is_admin,
+                    disabled,
+                )
+                messages = list(req.get("messages") or messages)
+                if req.get("system_prompt") != persona.system_prompt and messages:
+                    messages[0] = {"role": "system", "content": str(req["system_prompt"])}
+            toolbox = None
+            if self.plugins is not None:
+                specs = self.plugins.tools(disabled, persona.tools)
+                if specs:
+                    toolbox = _ToolBox(
+                        self.plugins, specs, event, is_admin, self.cfg.agent.tool_timeout_s
+                    )
+            result = await run_agent(
+                self.chain,
+                messages,
+                toolbox,
+                on_chunk,
+                max_steps=self.cfg.agent.max_steps,
+                tool_timeout_s=self.cfg.agent.tool_timeout_s,
+                prefer=live.settings.get("provider"),
+                model=live.settings.get("model"),
+                context=context,
+            )
+        except TooLong as exc:
+            return self._refuse(
+                live, event, f"Your message is too long for the model ({exc}).", "too_long"
             )
         except ProviderUnavailableError as exc:
             if not self.chain.slots:
@@ -166,22 +556,29 @@ class TurnProcessor:
                 "Sorry, I can't reach the language model right now. Please try again in a moment.",
                 error="provider_unavailable",
             )
-        reply = Reply.of_text(live.key, event.message_id, result.content)
-        new = [
+        answer = result.text
+        if self.plugins is not None:
+            out = await self._hooks("after_llm", {"text": answer}, event, is_admin, disabled)
+            answer = str(out.get("text", answer))
+        last = result.last
+        new += [
             NewMessage("user", text, {"sender": event.sender.id}),
             NewMessage(
                 "assistant",
-                result.content,
+                answer,
                 {
-                    "provider": result.provider_id,
-                    "model": result.model,
+                    "provider": last.provider_id,
+                    "model": last.model,
                     "prompt_tokens": result.prompt_tokens,
                     "completion_tokens": result.completion_tokens,
+                    "steps": result.steps,
+                    "tools": [t.name for t in result.tools],
                 },
             ),
         ]
-        return await self._commit(live, event, new, reply)
+        return await self._finish(live, event, answer, new, is_admin, disabled)
 
+    # -- commit -------------------------------------------------------------------------
     async def _commit(
         self, live: LiveSession, event: Event, new: list[NewMessage], reply: Reply
     ) -> Reply:
@@ -202,61 +599,59 @@ class TurnProcessor:
             await self.reload(live)
             raise
         live.next_seq += len(new)
-        live.history.extend({"role": m.role, "content": m.content} for m in new)
+        live.history.extend(
+            {"role": m.role, "content": m.content} for m in new if m.role in ("user", "assistant")
+        )
         if len(live.history) > 2 * self.history_messages:
             del live.history[: len(live.history) - self.history_messages]
         live.remember(event.message_id, reply_dict)
         return reply
+
+    async def stopped(self, live: LiveSession, event: Event) -> Reply:
+        """Commit a turn that ``/stop`` cancelled: the question stays in the history and
+        a redelivery of the same message gets "stopped", not a second answer."""
+        reply = Reply.of_text(live.key, event.message_id, "Stopped.", error="stopped")
+        text = event.text.strip()
+        new = (
+            [NewMessage("user", text, {"sender": event.sender.id, "stopped": True})] if text else []
+        )
+        return await self._commit(live, event, new, reply)
 
     async def reload(self, live: LiveSession) -> None:
         """Refresh a live session from the store after finding the cache stale."""
         state = await self.store.ensure_session(live.key)
         fresh = await self._load_conversation(live.key, state.conversation_id)
         live.conversation_id, live.history = fresh.conversation_id, fresh.history
-        live.next_seq, live.recent = fresh.next_seq, fresh.recent
+        live.next_seq, live.recent, live.summary = fresh.next_seq, fresh.recent, fresh.summary
+        info = await self.store.get_conversation(live.conversation_id)
+        live.persona = info.persona if info else None
+        live.settings = await self.store.get_settings(live.key)
 
     async def switch_conversation(self, live: LiveSession, conversation_id: str) -> None:
         fresh = await self._load_conversation(live.key, conversation_id)
         live.conversation_id, live.history = fresh.conversation_id, fresh.history
-        live.next_seq = fresh.next_seq
+        live.next_seq, live.summary = fresh.next_seq, fresh.summary
+        info = await self.store.get_conversation(conversation_id)
+        live.persona = info.persona if info else None
 
 
-def builtin_commands() -> CommandRegistry:
-    reg = CommandRegistry()
-
-    @reg.command("help", "/help", "list the commands")
-    async def _help(ctx: CommandContext, args: str) -> str:
-        return ctx.processor.commands.help_text()
-
-    @reg.command("new", "/new [title]", "start a new conversation (the old one is kept)")
-    async def _new(ctx: CommandContext, args: str) -> str:
-        cid = await ctx.processor.store.new_conversation(ctx.live.key, title=args or None)
-        await ctx.processor.switch_conversation(ctx.live, cid)
-        return "Started a new conversation."
-
-    @reg.command("reset", "/reset", "forget the current conversation's history")
-    async def _reset(ctx: CommandContext, args: str) -> str:
-        n = await ctx.processor.store.clear_conversation(ctx.live.conversation_id)
-        ctx.live.history.clear()
-        ctx.live.next_seq = 0
-        return f"Cleared this conversation ({n} messages)."
-
-    @reg.command("history", "/history [n]", "show the last n turns (default 5)")
-    async def _history(ctx: CommandContext, args: str) -> str:
-        try:
-            n = int(args) if args else 5
-        except ValueError:
-            return "Usage: /history [n] (n is a number of turns)"
-        n = max(1, min(n, 50))
-        rows = await ctx.processor.store.load_history(ctx.live.conversation_id, limit=2 * n)
-        if not rows:
-            return "This conversation has no history yet."
-        lines = [f"{m.role}: {_clip(m.content)}" for m in rows if m.role in ("user", "assistant")]
-        return "\n".join(lines)
-
-    return reg
-
-
-def _clip(text: str, limit: int = 300) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+def _history_from_rows(rows: list[StoredMessage]) -> tuple[str | None, list[dict[str, str]]]:
+    """(summary, history) from stored rows: the latest summary row replaces what came
+    before it, except the ``kept`` messages it left verbatim."""
+    start = 0
+    summary = None
+    for i in range(len(rows) - 1, -1, -1):
+        extra = rows[i].extra or {}
+        if rows[i].role == "system" and extra.get("summary"):
+            summary = rows[i].content
+            kept = int(extra.get("kept") or 0)
+            before = (
+                [r for r in rows[:i] if r.role in ("user", "assistant")][-kept:] if kept else []
+            )
+            after = [r for r in rows[i + 1 :] if r.role in ("user", "assistant")]
+            return summary, [{"role": r.role, "content": r.content} for r in before + after]
+    return summary, [
+        {"role": r.role, "content": r.content}
+        for r in rows[start:]
+        if r.role in ("user", "assistant")
+    ]
