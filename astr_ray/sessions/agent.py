@@ -30,6 +30,9 @@ log = logging.getLogger(__name__)
 
 ChunkSink = Callable[[str], Awaitable[None]]
 
+OUT_OF_STEPS = "I couldn't finish that within my step limit. Ask me to continue."
+EMPTY_ANSWER = "(The model gave an empty answer. Please try rephrasing.)"
+
 
 class ToolBox(Protocol):
     def schemas(self) -> list[dict[str, Any]]: ...
@@ -102,7 +105,13 @@ async def run_agent(
             texts.append(result.content)
             separate[0] = True
         if not result.tool_calls or not offer:
-            return AgentResult("\n\n".join(texts), result, step, prompt, completion, runs)
+            text = "\n\n".join(texts)
+            if not text:
+                # Tool calls with no tools offered, or an empty answer: never send nothing.
+                text = OUT_OF_STEPS if result.tool_calls else EMPTY_ANSWER
+                if on_chunk is not None:
+                    await sink(text)
+            return AgentResult(text, result, step, prompt, completion, runs)
         assert toolbox is not None
         msgs.append(
             {

@@ -110,7 +110,14 @@ async def make_bot(
         shutil.copytree(FIXTURES / name, pdir / name)
     data: dict[str, Any] = {
         "data_dir": str(tmp),
-        "providers": [{"id": "primary", "model": "openai/primary", "api_base": fake.base_url}],
+        "providers": [
+            {
+                "id": "primary",
+                "model": "openai/primary",
+                "api_base": fake.base_url,
+                **(chain_kw or {}),
+            }
+        ],
         "plugins": {"handler_timeout_s": 2},
         "agent": {"tool_timeout_s": 1},
         "access": {"admins": [f"webchat:{ADMIN}"]},
