@@ -7,9 +7,15 @@
     astr-ray stop   [--address auto]   drain and stop the tree
     astr-ray rolling-restart           replace session hosts one by one (after an upgrade)
     astr-ray chat                      talk to the running bot from the terminal
+    astr-ray plugin ls                 installed plugins: version, source, manifest errors
+    astr-ray plugin install SOURCE     from a git URL, a folder or a .zip/.tar.gz (--force)
+    astr-ray plugin update NAME        install again from where it came from
+    astr-ray plugin uninstall NAME     remove its folder
+    astr-ray plugin reload [NAME]      make the running bot load the plugins again
 
 Ray is imported only by the commands that need it. A bad config is reported as
-``config error: <key path>: <reason>`` with exit status 2.
+``config error: <key path>: <reason>`` with exit status 2, a refused plugin command as
+``plugin error: <reason>``, also with 2.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from astr_ray.config import DEFAULT_CONFIG_PATH, Config, load_config, write_default_config
-from astr_ray.errors import ConfigError
+from astr_ray.errors import ConfigError, PluginError
 
 __all__ = ["main"]
 
@@ -255,6 +261,123 @@ def cmd_chat(args: argparse.Namespace) -> int:
     return asyncio.run(_chat(url, token, args.session, args.message))
 
 
+# -- plugins -------------------------------------------------------------------------
+_RELOAD_HINT = (
+    "a running bot picks this up with `astr-ray plugin reload` "
+    "(or by itself in dev mode when plugins.watch is on)"
+)
+
+
+def cmd_plugin(args: argparse.Namespace) -> int:
+    cfg = _load(args.config)
+    try:
+        result: int = args.plugin_func(args, cfg.plugins_dir, cfg)
+        return result
+    except PluginError as exc:
+        print(f"plugin error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _plugin_ls(args: argparse.Namespace, plugins_dir: Path, cfg: Config) -> int:
+    from astr_ray.plugins import install
+
+    plugins = install.installed(plugins_dir)
+    if not plugins:
+        print(f"no plugins in {plugins_dir}")
+        return 0
+    print(f"plugins in {plugins_dir}:")
+    print(f"  {'name':24} {'version':12} {'kind':8} source")
+    for p in plugins:
+        source = p.source or "(put there by hand)"
+        print(f"  {p.name:24} {p.version or '-':12} {p.kind or '-':8} {source}")
+        if p.error:
+            print(f"  {'':24} error: {p.error}")
+    return 0
+
+
+def _plugin_install(args: argparse.Namespace, plugins_dir: Path, cfg: Config) -> int:
+    from astr_ray.plugins import install
+
+    before = {p.name: p.version for p in install.installed(plugins_dir)}
+    p = install.install(args.source, plugins_dir, force=args.force)
+    print(f"installed {p.name} {p.version} from {p.source} ({p.kind}) into {p.folder}")
+    if p.name in before:
+        print(f"  (replaced {p.name} {before[p.name] or '(broken manifest)'})")
+    print(_RELOAD_HINT)
+    return 0
+
+
+def _plugin_update(args: argparse.Namespace, plugins_dir: Path, cfg: Config) -> int:
+    from astr_ray.plugins import install
+
+    before = {p.name: p.version for p in install.installed(plugins_dir)}.get(args.name)
+    p = install.update(args.name, plugins_dir)
+    print(f"updated {p.name}: {before or '?'} -> {p.version} from {p.source} ({p.kind})")
+    print(_RELOAD_HINT)
+    return 0
+
+
+def _plugin_uninstall(args: argparse.Namespace, plugins_dir: Path, cfg: Config) -> int:
+    from astr_ray.plugins import install
+
+    install.uninstall(args.name, plugins_dir)
+    print(f"removed {args.name} from {plugins_dir}")
+    print(_RELOAD_HINT)
+    return 0
+
+
+def _plugin_reload(args: argparse.Namespace, plugins_dir: Path, cfg: Config) -> int:
+    import ray
+
+    from actors import runtime
+
+    try:
+        runtime.connect(args.address, cfg.runtime.namespace)
+        sup = runtime.find_supervisor(cfg.runtime.namespace)
+    except (ConnectionError, ValueError) as exc:
+        print(f"astr-ray is not running here: {exc}", file=sys.stderr)
+        return 1
+    try:
+        result: dict[str, Any] = ray.get(sup.reload_plugins.remote(args.name), timeout=300)
+    except ray.exceptions.RayTaskError as exc:
+        # The supervisor's own error (e.g. an unknown plugin name) rides inside.
+        if isinstance(exc.cause, PluginError):
+            raise exc.cause from None
+        print(f"reload failed: {exc.cause!r}", file=sys.stderr)
+        return 1
+    except ray.exceptions.RayError as exc:
+        print(f"reload failed: {exc}", file=sys.stderr)
+        return 1
+    reloaded = result.get("reloaded", [])
+    failures = result.get("failures", [])
+    print(f"reloaded: {', '.join(reloaded) if reloaded else 'nothing'}")
+    for f in failures:
+        print(f"failed:   {f.get('name')}: {f.get('reason')}")
+    return 1 if failures else 0
+
+
+def _add_plugin_parser(sub: Any) -> None:
+    p = sub.add_parser("plugin", help="install, update, remove and reload plugins")
+    p.set_defaults(func=cmd_plugin)
+    psub = p.add_subparsers(dest="plugin_command", required=True)
+    q = psub.add_parser("ls", help="installed plugins, their versions and sources")
+    q.set_defaults(plugin_func=_plugin_ls)
+    q = psub.add_parser("install", help="install from a git URL, a folder or an archive")
+    q.add_argument("source", help="git URL, folder, or .zip / .tar.gz / .tgz / .tar file")
+    q.add_argument("--force", action="store_true", help="replace a plugin of the same name")
+    q.set_defaults(plugin_func=_plugin_install)
+    q = psub.add_parser("update", help="install a plugin again from its recorded source")
+    q.add_argument("name")
+    q.set_defaults(plugin_func=_plugin_update)
+    q = psub.add_parser("uninstall", help="remove a plugin's folder")
+    q.add_argument("name")
+    q.set_defaults(plugin_func=_plugin_uninstall)
+    q = psub.add_parser("reload", help="make the running bot reload its plugins")
+    q.add_argument("name", nargs="?", default=None, help="only this plugin (default: all)")
+    q.add_argument("--address", default="auto")
+    q.set_defaults(plugin_func=_plugin_reload)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="astr-ray", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -294,6 +417,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--token")
     p.add_argument("-m", "--message", help="send one message, print the answer, exit")
     p.set_defaults(func=cmd_chat)
+    _add_plugin_parser(sub)
     return parser
 
 
