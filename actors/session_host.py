@@ -30,25 +30,29 @@ import ray
 
 from actors.common import (
     DIRECTORY,
+    SUPERVISOR,
     RayMetricsMirror,
     get_actor,
     node_id,
-    pool_name,
     setup_logging,
 )
+from actors.plugin_worker import remote_handle
+from actors.services import RuntimeServices, build_chain
 from astr_ray.config import Config, parse_config
 from astr_ray.errors import MessageFormatError
 from astr_ray.lifecycle import Lifecycle, State
 from astr_ray.message import Event, Reply
 from astr_ray.metrics import Metrics, Snapshot
-from astr_ray.providers import PermitCache, ProviderChain, ProviderSlot, make_transport
-from astr_ray.providers.permits import Grant, Outcomes
+from astr_ray.plugins.manager import PluginManager
+from astr_ray.sessions.builtins import builtin_commands
 from astr_ray.sessions.manager import SessionManager
 from astr_ray.sessions.shards import ShardTable, shard_of
-from astr_ray.sessions.turn import TurnProcessor
+from astr_ray.sessions.turn import LiveSession, TurnProcessor
 from astr_ray.store import Store
 
 log = logging.getLogger(__name__)
+
+_NO_SESSION = LiveSession("", "", [], 0)  # for global views (no session settings)
 
 
 @ray.remote
@@ -76,40 +80,60 @@ class SessionHost:
         ns = self.cfg.runtime.namespace
         self.store = await Store.open(self.cfg.store_url)
         await self._refresh_table()
-        slots = []
-        for p in self.cfg.provider_chain():
-            pool = get_actor(pool_name(p.id), ns)
-            await pool.forget.remote(self.name)  # whatever an earlier life held is free
-            slots.append(
-                ProviderSlot(
-                    p,
-                    make_transport(p),
-                    PermitCache(p.id, self._fetcher(pool), reuse=p.requests_per_minute is None),
-                )
-            )
-        self.chain = ProviderChain(slots, metrics=self.metrics)
-        self.processor = TurnProcessor(self.store, self.chain, self.cfg)
+        self.chain = await build_chain(self.cfg, self.name, self.metrics)
+        commands = builtin_commands()
+        self.plugins = PluginManager(
+            self.cfg,
+            RuntimeServices(self.cfg, self.store, self.chain),
+            reserved=commands.names(),
+            remote=lambda src: remote_handle(src, ns),
+            metrics=self.metrics,
+        )
+        await self.plugins.load_all()
+        self.processor = TurnProcessor(
+            self.store,
+            self.chain,
+            self.cfg,
+            commands,
+            self.plugins,
+            broadcast_reload=self._broadcast_reload,
+        )
         self.manager = SessionManager(self.processor, self.cfg.sessions, metrics=self.metrics)
         self._maint = asyncio.create_task(self._maintenance())
         log.info(
-            "session host up: %d shards of %d, epoch %d",
+            "session host up: %d shards of %d, epoch %d, %d plugins",
             len(self.owned),
             self.cfg.sessions.shards,
             self.table.epoch if self.table else 0,
+            len(self.plugins.handles),
         )
 
-    def _fetcher(self, pool: Any) -> Any:
-        name = self.name
+    async def _broadcast_reload(self, name: str | None) -> list[str]:
+        """``/plugin reload``: every host and isolated worker reloads, not just this one."""
+        sup = get_actor(SUPERVISOR, self.cfg.runtime.namespace)
+        result: dict[str, Any] = await asyncio.wait_for(sup.reload_plugins.remote(name), 120)
+        return list(result["reloaded"])
 
-        async def fetch(want: int, release: int, outcomes: Outcomes) -> Grant:
-            grant: Grant = await pool.acquire.remote(name, want, release, outcomes)
-            return grant
+    async def reload_plugins(self, name: str | None = None) -> dict[str, Any]:
+        """Reload ``name`` (or every plugin) in this host; what loaded and what failed."""
+        await self.lifecycle.ensure_started()
+        done = await self.plugins.reload(name)
+        return {
+            "reloaded": [n for n in done if n in self.plugins.handles],
+            "failures": [f.to_dict() for f in self.plugins.failures.values()],
+            "pending": sorted(self.plugins.pending),
+        }
 
-        return fetch
+    async def plugin_listing(self) -> dict[str, Any]:
+        await self.lifecycle.ensure_started()
+        g = await self.processor.globals.get()
+        disabled = self.processor.disabled_plugins(g, _NO_SESSION)
+        return {"plugins": self.plugins.listing(disabled), "conflicts": self.plugins.conflicts}
 
     async def _on_stop(self) -> None:
         if self._maint is not None:
             self._maint.cancel()
+        await self.plugins.close()
         await self.chain.close()
         await self.store.close()
 
@@ -139,6 +163,8 @@ class SessionHost:
                     self._mirror.update(self.metrics_snapshot())
                 for slot in self.chain.slots:
                     await slot.permits.maintain()
+                if self.plugins.pending and ticks % 4 == 0:
+                    await self.plugins.retry_pending()
             except Exception:
                 log.exception("maintenance pass failed")
 

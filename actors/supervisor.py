@@ -3,6 +3,7 @@
     Supervisor (named, detached, max_restarts=-1)
      ├─ ShardDirectory
      ├─ ProviderPool x providers
+     ├─ PluginWorker x isolated plugins ("plugin-<name>", own runtime_env)
      ├─ SessionHost x sessions.hosts
      └─ WebChatAdapter
 
@@ -14,6 +15,13 @@ Ray restarted it (recorded as ``restarted``); a child that is gone for good
 event goes to the store's ``actor_events`` table, so the restart log survives the
 Supervisor's own restarts. Children are detached so they outlive a Supervisor crash;
 a restarted Supervisor re-attaches to them by name.
+
+Plugin workers are watched a little differently: their start is not waited for
+(installing a plugin's requirements can take minutes), a worker that stops answering
+pings for ``plugins.ping_timeout_s`` (a plugin blocking its event loop) is killed and
+so restarted by Ray, and their state does not count towards the tree's health: a
+broken plugin must not make the bot look down. ``reload_plugins`` reloads plugins in
+every worker and host; with ``plugins.watch`` it runs by itself on file changes.
 """
 
 from __future__ import annotations
@@ -39,12 +47,14 @@ from actors.common import (
     setup_logging,
 )
 from actors.directory import ShardDirectory
+from actors.plugin_worker import PluginWorker, worker_name
 from actors.provider_pool import ProviderPool
 from actors.session_host import SessionHost
 from actors.webchat import WebChatAdapter
 from astr_ray.config import Config, parse_config
 from astr_ray.lifecycle import Lifecycle
 from astr_ray.metrics import Metrics, Snapshot
+from astr_ray.plugins.loader import PluginSource, discover
 from astr_ray.sessions.shards import ShardTable
 from astr_ray.store import Store
 
@@ -64,6 +74,7 @@ class Child:
     last_error: str | None = None
     next_attempt: float = 0.0
     backoff: float = 0.0
+    meta: Any = None  # what the actor was made from (a plugin's requirements)
 
 
 @ray.remote
@@ -79,6 +90,8 @@ class Supervisor:
         self._metrics = Metrics()
         self._membership = asyncio.Lock()  # host set changes: reconcile, rolling restart
         self._mirror = RayMetricsMirror("supervisor")
+        self._plugin_prints: dict[str, Any] = {}
+        self._watch_task: asyncio.Task[None] | None = None
 
     # -- lifecycle ----------------------------------------------------------------------
     async def start(self) -> dict[str, Any]:
@@ -113,6 +126,11 @@ class Supervisor:
         for p in self.transport["providers"]:
             if p["enabled"]:
                 self._add(self._pool_child(p))
+        sources, _ = await asyncio.to_thread(discover, self.cfg.plugins_dir)
+        for src in sources:
+            self._plugin_prints[src.name] = src.fingerprint()
+            if src.manifest.isolated:
+                self._add(self._plugin_child(src))
         for h in self.table.hosts:
             self._add(self._host_child(h))
         if self.cfg.webchat.enabled:
@@ -122,6 +140,9 @@ class Supervisor:
         for child in self.children.values():
             if child.handle is None:
                 child.handle = child.factory()
+            if child.kind == "plugin":
+                child.handle.start.remote()  # not waited for: see the module docstring
+                continue
             info, fresh = await self._call_start(child)
             child.pid, child.state, child.last_info = info.get("pid"), "alive", info
             attached += not fresh
@@ -136,6 +157,8 @@ class Supervisor:
                 "supervisor", "restarted", f"re-attached to {attached} running actors", os.getpid()
             )
         self._loop_task = asyncio.create_task(self._reconcile_forever())
+        if self.cfg.plugins.watch:
+            self._watch_task = asyncio.create_task(self._watch_plugins())
 
     def _add(self, child: Child) -> None:
         self.children[child.name] = child
@@ -160,6 +183,20 @@ class Supervisor:
         cfg = self.transport
         return Child(name, "session_host", lambda: SessionHost.options(**opts).remote(name, cfg))  # type: ignore[attr-defined]
 
+    def _plugin_child(self, src: PluginSource) -> Child:
+        name = worker_name(src.name)
+        extra: dict[str, Any] = {"max_concurrency": 1000, **self._control_placement}
+        if src.manifest.requirements:
+            extra["runtime_env"] = {"pip": list(src.manifest.requirements)}
+        opts = child_options(name, self.cfg.runtime.namespace, **extra)
+        cfg, folder, package = self.transport, str(src.folder), src.package
+        return Child(
+            name,
+            "plugin",
+            lambda: PluginWorker.options(**opts).remote(src.name, folder, cfg, package),  # type: ignore[attr-defined]
+            meta=_plugin_meta(src),
+        )
+
     def _adapter_child(self) -> Child:
         opts = child_options(
             WEBCHAT, self.cfg.runtime.namespace, max_concurrency=100_000, **self._adapter_placement
@@ -180,7 +217,7 @@ class Supervisor:
     async def _call_start(self, child: Child) -> tuple[dict[str, Any], bool]:
         """Start the child; ``fresh`` is False when it was running already (re-attach)."""
         fresh = True
-        if child.kind in ("session_host", "adapter"):
+        if child.kind in ("session_host", "adapter", "plugin"):
             try:
                 await asyncio.wait_for(child.handle.start.remote(), 60)
             except RayActorError:
@@ -195,11 +232,13 @@ class Supervisor:
     async def _on_stop(self) -> None:
         if self._loop_task is not None:
             self._loop_task.cancel()
+        if self._watch_task is not None:
+            self._watch_task.cancel()
         for child in reversed(list(self.children.values())):
             if child.handle is None:
                 continue
             try:
-                if child.kind in ("session_host", "adapter"):
+                if child.kind in ("session_host", "adapter", "plugin"):
                     await asyncio.wait_for(child.handle.stop.remote(), 15)
             except Exception as exc:
                 log.warning("stopping %s: %s", child.name, exc)
@@ -350,8 +389,9 @@ class Supervisor:
             if now >= child.next_attempt:
                 await self._recreate(child)
             return
+        limit = self.cfg.plugins.ping_timeout_s if child.kind == "plugin" else 5
         try:
-            info = await asyncio.wait_for(child.handle.ping.remote(), timeout=5)
+            info = await asyncio.wait_for(child.handle.ping.remote(), timeout=limit)
         except ActorDiedError as exc:
             child.state = "dead"
             child.last_error = _first_line(exc)
@@ -359,7 +399,17 @@ class Supervisor:
             child.next_attempt = now
             await self._event(child, "died", child.last_error)
             return
-        except (RayActorError, TimeoutError, GetTimeoutError) as exc:
+        except (TimeoutError, GetTimeoutError) as exc:
+            if child.kind == "plugin" and child.state == "alive":
+                # It answered before and now does not: its plugin blocks the event loop.
+                await self._event(
+                    child, "killed", f"unresponsive for {limit:g}s (a blocked event loop)"
+                )
+                ray.kill(child.handle, no_restart=False)  # Ray starts it again
+            child.state = "restarting" if child.pid is not None else "starting"
+            child.last_error = _first_line(exc)
+            return
+        except RayActorError as exc:
             child.state = "restarting"  # Ray is bringing it back
             child.last_error = _first_line(exc)
             return
@@ -422,7 +472,8 @@ class Supervisor:
             except Exception as exc:
                 return {"ok": False, "state": "failed", "error": _first_line(exc)}
         states = {name: c.state for name, c in self.children.items()}
-        ok = self.lifecycle.state.value == "running" and all(s == "alive" for s in states.values())
+        core = [c.state for c in self.children.values() if c.kind != "plugin"]
+        ok = self.lifecycle.state.value == "running" and all(s == "alive" for s in core)
         return {"ok": ok, "state": self.lifecycle.state.value, "actors": states}
 
     async def status(self) -> dict[str, Any]:
@@ -474,6 +525,80 @@ class Supervisor:
     async def ping(self) -> dict[str, Any]:
         return {"pid": os.getpid(), "state": self.lifecycle.state.value}
 
+    # -- plugins ------------------------------------------------------------------------
+    async def reload_plugins(self, name: str | None = None) -> dict[str, Any]:
+        """Reload ``name`` (or every plugin) everywhere: isolated workers first (a new
+        isolated plugin gets its worker), then every session host. Returns what the
+        hosts loaded and what failed, with the reasons."""
+        await self.lifecycle.ensure_started()
+        sources, _ = await asyncio.to_thread(discover, self.cfg.plugins_dir)
+        isolated = {s.name: s for s in sources if s.manifest.isolated}
+        for old in [c for c in self.children.values() if c.kind == "plugin"]:
+            plugin = old.name.removeprefix("plugin-")
+            src = isolated.get(plugin)
+            gone = src is None and name in (None, plugin)
+            # New requirements need a new environment, hence a new process.
+            moved = src is not None and name in (None, plugin) and old.meta != _plugin_meta(src)
+            if gone or moved:
+                await self._retire_plugin(old, "removed" if gone else "replaced")
+        for src in sources:
+            self._plugin_prints[src.name] = src.fingerprint()
+            if not src.manifest.isolated or name not in (None, src.name):
+                continue
+            child = self.children.get(worker_name(src.name))
+            if child is None:
+                child = self._plugin_child(src)
+                child.handle = child.factory()
+                self._add(child)
+                await self._event(child, "started", "a new isolated plugin")
+                try:
+                    await asyncio.wait_for(child.handle.start.remote(), 120)
+                except Exception as exc:
+                    log.warning("starting %s: %s", child.name, _first_line(exc))
+            else:
+                try:
+                    await asyncio.wait_for(child.handle.reload.remote(), 60)
+                except Exception as exc:
+                    log.warning("reloading %s: %s", child.name, _first_line(exc))
+        hosts = [c for c in self.children.values() if c.kind == "session_host" and c.handle]
+        results = await asyncio.gather(
+            *(asyncio.wait_for(h.handle.reload_plugins.remote(name), 120) for h in hosts),
+            return_exceptions=True,
+        )
+        answers = [r for r in results if isinstance(r, dict)]
+        for h, r in zip(hosts, results, strict=True):
+            if not isinstance(r, dict):
+                log.warning("%s could not reload plugins: %s", h.name, _first_line(r))
+        first = answers[0] if answers else {"reloaded": [], "failures": [], "pending": []}
+        await self._record("plugins", "reloaded", ", ".join(first["reloaded"]) or "none", None)
+        return first
+
+    async def _retire_plugin(self, child: Child, kind: str) -> None:
+        try:
+            await asyncio.wait_for(child.handle.stop.remote(), 15)
+        except Exception as exc:
+            log.warning("stopping %s: %s", child.name, _first_line(exc))
+        ray.kill(child.handle, no_restart=True)
+        self.children.pop(child.name, None)
+        await self._release_permits(child.name)
+        await self._event(child, kind, "its plugin was removed or its requirements changed")
+
+    async def _watch_plugins(self) -> None:
+        """Dev mode: reload a plugin when its files change (polled every second)."""
+        while True:
+            await asyncio.sleep(1.0)
+            try:
+                sources, _ = await asyncio.to_thread(discover, self.cfg.plugins_dir)
+                now = {s.name: s.fingerprint() for s in sources}
+                changed = [n for n in now if self._plugin_prints.get(n) != now[n]]
+                changed += [n for n in self._plugin_prints if n not in now]
+                for n in changed:
+                    log.info("plugin %s changed on disk: reloading", n)
+                    await self.reload_plugins(n)
+                    self._plugin_prints = now
+            except Exception:
+                log.exception("watching plugins failed")
+
     async def metrics(self) -> dict[str, Snapshot]:
         """Every actor's metrics snapshot, by actor name (children that do not answer
         within 5 s are left out, never waited for)."""
@@ -493,6 +618,10 @@ class Supervisor:
                 out[name] = snap
         self._mirror.update(out["supervisor"])
         return out
+
+
+def _plugin_meta(src: PluginSource) -> tuple[str, ...]:
+    return tuple(src.manifest.requirements)
 
 
 def _bind(fn: Any, *args: Any) -> Any:

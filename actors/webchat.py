@@ -20,9 +20,9 @@ from actors.common import SUPERVISOR, RayMetricsMirror, get_actor, node_id, setu
 from actors.router import HostRouter
 from astr_ray.config import Config, parse_config
 from astr_ray.lifecycle import Lifecycle
-from astr_ray.message import Event, Reply
+from astr_ray.message import Event, Reply, parse_session_key
 from astr_ray.metrics import Metrics, Snapshot
-from dashboard.webchat import create_app
+from dashboard.webchat import Outbox, create_app
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +40,7 @@ class WebChatAdapter:
         self.metrics = Metrics()
         self._mirror = RayMetricsMirror("adapter-webchat")
         self._mirror_task: asyncio.Task[None] | None = None
+        self.outbox = Outbox()
 
     async def start(self) -> dict[str, Any]:
         await self.lifecycle.start()
@@ -111,6 +112,14 @@ class WebChatAdapter:
             if "reply" in item:
                 self._count("out")
             yield item
+
+    async def push(self, session_key: str, text: str) -> None:
+        """A message the bot sends on its own (a plugin's ``ctx.send``)."""
+        platform, _, chat_id = parse_session_key(session_key)
+        if platform != "webchat":
+            raise ValueError(f"not a web chat session: {session_key}")
+        await self.outbox.push(chat_id, text)
+        self._count("out")
 
     def _count(self, direction: str) -> None:
         if direction == "in":

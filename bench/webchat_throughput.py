@@ -140,12 +140,14 @@ class Tree:
         store_url: str = "",
         sessions: dict[str, Any] | None = None,
         runtime_opts: dict[str, Any] | None = None,
+        extra: dict[str, Any] | None = None,
     ) -> None:
         from astr_ray.config import parse_config
 
         self.token = uuid.uuid4().hex
         self.cfg = parse_config(
             {
+                **(extra or {}),
                 "data_dir": str(data),
                 "providers": [
                     {

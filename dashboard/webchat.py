@@ -20,8 +20,10 @@ import hmac
 import json
 import logging
 import re
+import time
 import uuid
-from collections.abc import AsyncIterator
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Protocol
 
 from starlette.applications import Starlette
@@ -42,7 +44,47 @@ _MESSAGE_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 MAX_BODY = 256 * 1024
 
 
+class Outbox:
+    """Messages the bot sends on its own (a plugin's ``ctx.send``), per web chat
+    session: pushed at once to the WebSockets that talk in that session, else kept (the
+    newest ``keep``) until fetched with ``GET /api/outbox?session=...``."""
+
+    def __init__(self, keep: int = 100) -> None:
+        self.keep = keep
+        self._queued: dict[str, deque[dict[str, Any]]] = {}
+        self._subscribers: dict[str, set[Callable[[dict[str, Any]], Awaitable[None]]]] = {}
+
+    async def push(self, session: str, text: str) -> None:
+        item = {"type": "push", "session": session, "text": text, "time": time.time()}
+        delivered = False
+        for deliver in list(self._subscribers.get(session, ())):
+            try:
+                await deliver(item)
+                delivered = True
+            except Exception:
+                self.unsubscribe(session, deliver)
+        if not delivered:
+            self._queued.setdefault(session, deque(maxlen=self.keep)).append(item)
+
+    def take(self, session: str) -> list[dict[str, Any]]:
+        return list(self._queued.pop(session, ()))
+
+    def subscribe(self, session: str, deliver: Callable[[dict[str, Any]], Awaitable[None]]) -> None:
+        self._subscribers.setdefault(session, set()).add(deliver)
+
+    def unsubscribe(
+        self, session: str, deliver: Callable[[dict[str, Any]], Awaitable[None]]
+    ) -> None:
+        subs = self._subscribers.get(session)
+        if subs is not None:
+            subs.discard(deliver)
+            if not subs:
+                del self._subscribers[session]
+
+
 class ChatBackend(Protocol):
+    outbox: Outbox
+
     async def send(self, event: Event) -> Reply: ...
 
     def stream(self, event: Event) -> AsyncIterator[dict[str, Any]]: ...
@@ -128,6 +170,14 @@ def create_app(backend: ChatBackend, token: str, *, max_chars: int = 16_000) -> 
         reply = await backend.send(event)
         return JSONResponse(_reply_json(reply))
 
+    async def outbox(request: Request) -> Response:
+        if not authorized(bearer(request)):
+            return JSONResponse({"error": "missing or wrong token"}, status_code=401)
+        session = request.query_params.get("session", "")
+        if not _SESSION.match(session):
+            return JSONResponse({"error": "session is missing or invalid"}, status_code=400)
+        return JSONResponse({"messages": backend.outbox.take(session)})
+
     async def ws_chat(ws: WebSocket) -> None:
         supplied = ws.query_params.get("token")
         if supplied is None:
@@ -138,6 +188,7 @@ def create_app(backend: ChatBackend, token: str, *, max_chars: int = 16_000) -> 
         await ws.accept()
         send_lock = asyncio.Lock()
         tasks: set[asyncio.Task[None]] = set()
+        sessions: set[str] = set()
 
         async def send(obj: dict[str, Any]) -> None:
             async with send_lock:
@@ -175,6 +226,11 @@ def create_app(backend: ChatBackend, token: str, *, max_chars: int = 16_000) -> 
                     msg = str(exc) if isinstance(exc, BadRequest) else "not valid JSON"
                     await send({"type": "error", "message": msg})
                     continue
+                if event.chat_id not in sessions:
+                    sessions.add(event.chat_id)
+                    backend.outbox.subscribe(event.chat_id, send)
+                    for item in backend.outbox.take(event.chat_id):
+                        await send(item)
                 task = asyncio.create_task(turn(event))
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
@@ -183,12 +239,15 @@ def create_app(backend: ChatBackend, token: str, *, max_chars: int = 16_000) -> 
         finally:
             for task in tasks:
                 task.cancel()
+            for session in sessions:
+                backend.outbox.unsubscribe(session, send)
 
     return Starlette(
         routes=[
             Route("/health", health, methods=["GET"]),
             Route("/metrics", metrics, methods=["GET"]),
             Route("/api/chat", chat, methods=["POST"]),
+            Route("/api/outbox", outbox, methods=["GET"]),
             WebSocketRoute("/ws/chat", ws_chat),
         ]
     )

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import socket
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -164,6 +165,11 @@ def runtime_config(tmp: Path, primary: FakeLLM, fallback: FakeLLM, **overrides: 
     return parse_config(data)
 
 
+FIXTURE_PLUGINS = Path(__file__).resolve().parent / "fixtures" / "plugins"
+RUNTIME_PLUGINS = ("greeter", "raiser", "sleeper", "isolated_box")
+RUNTIME_ADMIN = "runtime-admin"
+
+
 @dataclass
 class Runtime:
     cfg: Config
@@ -225,7 +231,16 @@ def runtime(
 ) -> Iterator[Runtime]:
     from actors import runtime as rt
 
-    cfg = runtime_config(tmp_path_factory.mktemp("runtime"), fake_llm, fake_fallback)
+    data = tmp_path_factory.mktemp("runtime")
+    for name in RUNTIME_PLUGINS:
+        shutil.copytree(FIXTURE_PLUGINS / name, data / "plugins" / name)
+    cfg = runtime_config(
+        data,
+        fake_llm,
+        fake_fallback,
+        plugins={"handler_timeout_s": 3, "ping_timeout_s": 2},
+        access={"admins": [f"webchat:{RUNTIME_ADMIN}"]},
+    )
     sup, status = rt.start_tree(cfg, timeout=180)
     assert status["ok"], status
     yield Runtime(cfg, sup, ray_cluster["gcs_address"], ray_cluster["metrics_port"])
@@ -242,7 +257,7 @@ class ChatClient:
     async def post(
         self, session: str, text: str, message_id: str | None = None, token: str | None = None
     ) -> tuple[int, dict[str, Any]]:
-        body = {"session": session, "text": text}
+        body: dict[str, Any] = {"session": session, "text": text}
         if message_id:
             body["message_id"] = message_id
         async with self.http.post(

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import inspect
 import re
-import shlex
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, get_type_hints
@@ -195,30 +194,51 @@ class PluginSpec:
         )
 
 
+_TOKEN = re.compile(r"""\s*("(?:[^"\\]|\\.)*"|'[^']*'|\S+)""")
+
+
+def _words(text: str, limit: int) -> tuple[list[str], str]:
+    """Up to ``limit`` words (quotes group: "New York"), and the raw rest of the line."""
+    words: list[str] = []
+    pos = 0
+    while len(words) < limit:
+        m = _TOKEN.match(text, pos)
+        if m is None:
+            break
+        token = m.group(1)
+        if len(token) >= 2 and token[0] == token[-1] and token[0] in "'\"":
+            token = token[1:-1]
+            if m.group(1)[0] == '"':
+                token = re.sub(r"\\(.)", r"\1", token)
+        words.append(token)
+        pos = m.end()
+    return words, text[pos:].strip()
+
+
 def parse_args(params: tuple[Param, ...], text: str) -> dict[str, Any]:
     """Bind a command's argument text to its parameters; ``UsageError`` says what is
-    wrong. Quotes group words ("New York"); the last ``str`` parameter takes the rest."""
-    try:
-        words = shlex.split(text)
-    except ValueError:
-        words = text.split()
+    wrong. Quotes group words ("New York"); the last ``str`` parameter takes the rest of
+    the line exactly as typed."""
+    fixed = params[:-1] if params and params[-1].rest else params
+    words, rest = _words(text, len(fixed))
     out: dict[str, Any] = {}
-    for i, p in enumerate(params):
-        if p.rest:
-            value: Any = " ".join(words[i:]) if i < len(words) else None
-            if value == "":
-                value = None
-        else:
-            value = words[i] if i < len(words) else None
-        if value is None:
+    for i, p in enumerate(fixed):
+        if i >= len(words):
             if p.required:
                 raise UsageError(f"missing <{p.name}>")
             out[p.name] = p.default
             continue
-        out[p.name] = _convert(p, value)
-    extra = len(words) - len(params)
-    if extra > 0 and not (params and params[-1].rest):
-        raise UsageError(f"too many arguments: {' '.join(words[len(params) :])!r}")
+        out[p.name] = _convert(p, words[i])
+    if len(fixed) < len(params):
+        last = params[-1]
+        if rest:
+            out[last.name] = rest
+        elif last.required:
+            raise UsageError(f"missing <{last.name}>")
+        else:
+            out[last.name] = last.default
+    elif rest:
+        raise UsageError(f"too many arguments: {rest!r}")
     return out
 
 
@@ -245,7 +265,7 @@ _ARTICLE = {"int": "a whole number", "float": "a number", "bool": "yes or no", "
 
 def _hints(fn: Handler) -> dict[str, Any]:
     try:
-        return get_type_hints(fn)
+        return get_type_hints(fn, include_extras=True)
     except Exception as exc:  # a hint that does not resolve is the plugin author's bug
         raise PluginError(f"cannot read the type hints of {fn.__qualname__}: {exc}") from None
 

@@ -2,8 +2,8 @@
 
 Capabilities from the manifest are enforced here: ``ask_llm`` needs ``llm``, ``send``
 to another session needs ``send``, ``data_dir`` needs ``files``. (``network`` is
-declared for the operator to see; Python cannot take sockets away from code in its own
-process, so a plugin that must be held to that runs ``isolated``.)
+declared for the operator to see, not enforced: Python cannot take sockets away from
+code, and ``isolated`` contains crashes and blocking, not network access.)
 """
 
 from __future__ import annotations

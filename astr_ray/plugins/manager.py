@@ -311,7 +311,7 @@ class PluginManager:
         ]
 
     def find_command(
-        self, name: str, args: str, disabled: set[str]
+        self, name: str, args: str, disabled: set[str], *, admin: bool = True
     ) -> tuple[str, CommandSpec, str] | str | None:
         """(plugin, spec, argument text) for ``/name args``; a str is a usage message
         (an unknown sub-command of a group); None when no plugin has ``name``."""
@@ -326,7 +326,9 @@ class PluginManager:
         spec = table.get(sub.lower())
         if spec is None:
             subs = "\n".join(
-                f"  {c.usage}  {c.help}" for n, c in sorted(table.items()) if n == c.name
+                f"  {c.usage}  {c.help}" + (" (admin)" if c.filters.admin else "")
+                for n, c in sorted(table.items())
+                if n == c.name and (admin or not c.filters.admin)
             )
             help_ = self.handles[plugin].spec.groups.get(name, "")
             head = f"/{name}: {help_}" if help_ else f"/{name}"

@@ -1,7 +1,8 @@
 """A plugin's manifest: what it is and what it asks for, checked before its code runs.
 
-A folder plugin carries ``plugin.yaml`` next to its code; a packaged plugin exposes the
-same data as ``MANIFEST`` (a dict) in the module its entry point names. Nothing of the
+A folder plugin carries ``plugin.yaml`` next to its code; a packaged plugin (an entry
+point in the ``astr_ray.plugins`` group naming its package) carries the same file in
+its package folder. Nothing of the
 plugin is imported until the manifest validates, so a wrong manifest is a load error
 with the key path and the reason, never a half-loaded plugin.
 
@@ -25,7 +26,16 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    create_model,
+    field_validator,
+    model_validator,
+)
 
 from astr_ray.errors import PluginError
 
@@ -62,7 +72,15 @@ class ConfigField(BaseModel):
     type: Literal["str", "int", "float", "bool", "list", "dict"] = "str"
     default: Any = None
     description: str = ""
-    secret: bool = False
+
+    @model_validator(mode="after")
+    def _default_fits(self) -> ConfigField:
+        if self.default is not None:
+            try:
+                TypeAdapter(_TYPES[self.type]).validate_python(self.default)
+            except ValidationError:
+                raise ValueError(f"default {self.default!r} is not a {self.type}") from None
+        return self
 
 
 class PluginManifest(BaseModel):

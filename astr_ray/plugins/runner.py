@@ -103,7 +103,7 @@ class PluginRunner:
             args, kwargs = self._bind(kind, hid, call.get("args"))
         except UsageError as exc:
             spec = self._specs[hid]
-            return {"error": "usage", "message": f"{exc}. Usage: {spec.usage}"}
+            return {"error": "usage", "message": f"{str(exc).rstrip('.')}. Usage: {spec.usage}"}
         except ValueError as exc:
             return {"error": "arguments", "message": str(exc)}
         dialog = _Dialog() if kind in ("command", "regex", "message") else None
@@ -178,6 +178,9 @@ class PluginRunner:
         if exc is not None:
             if isinstance(exc, DialogTimeout):
                 return {"error": "timeout", "message": f"{self.name}: {exc.message}"}
+            if isinstance(exc, UsageError) and hid in self._specs:
+                usage = self._specs[hid].usage
+                return {"error": "usage", "message": f"{str(exc).rstrip('.')}. Usage: {usage}"}
             log.error(
                 "plugin %s: %s raised %s: %s",
                 self.name,

@@ -194,13 +194,18 @@ def builtin_commands() -> CommandRegistry:
         ctx.pending.append(summary)
         return f"Compacted. Summary: {_clip(summary.content, 500)}"
 
-    @reg.command("plugin", "/plugin ls|on|off|reload [name]", "manage plugins", admin=True)
+    @reg.command(
+        "plugin",
+        "/plugin ls|on <name> [here]|off <name> [here]|reload [name]",
+        "manage plugins (here: only in this chat)",
+        admin=True,
+    )
     async def _plugin(ctx: CommandContext, args: str) -> str:
         p = ctx.processor
         if p.plugins is None:
             return "Plugins are not available here."
         verb, _, name = args.partition(" ")
-        name = name.strip()
+        name, _, scope = name.strip().partition(" ")
         if verb in ("", "ls"):
             rows = p.plugins.listing(ctx.disabled)
             if not rows:
@@ -217,6 +222,11 @@ def builtin_commands() -> CommandRegistry:
         if verb in ("on", "off"):
             if name not in p.plugins.sources and name not in p.plugins.failures:
                 return f"No plugin {name!r}."
+            if scope.strip() == "here":
+                off = set(ctx.live.settings.get("plugins_off") or [])
+                off = off - {name} if verb == "on" else off | {name}
+                await _set(ctx, "plugins_off", sorted(off) or None)
+                return f"Plugin {name} is {verb} in this chat."
             g = await p.globals.get()
             states = dict(g.get("plugin_states") or {})
             states[name] = verb == "on"
@@ -226,7 +236,7 @@ def builtin_commands() -> CommandRegistry:
             reload = p.broadcast_reload or p.plugins.reload
             done = await reload(name or None)
             return f"Reloaded: {', '.join(done) or 'nothing'}."
-        return "Usage: /plugin ls|on <name>|off <name>|reload [name]"
+        return "Usage: /plugin ls|on <name> [here]|off <name> [here]|reload [name]"
 
     @reg.command("op", "/op <platform:user>", "make a user an admin", admin=True)
     async def _op(ctx: CommandContext, args: str) -> str:

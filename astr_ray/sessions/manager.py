@@ -122,9 +122,8 @@ class SessionManager:
             box.stopping = True
             box.current.cancel()
             what = "Stopped the answer."
-        live = box.live
-        if live is not None and live.dialog is not None and live.dialog.sender == event.sender.id:
-            ref, live.dialog = live.dialog, None
+        ref = box.live.dialogs.pop(event.sender.id, None) if box.live is not None else None
+        if ref is not None:
             if self.processor.plugins is not None:
                 await self.processor.plugins.cancel(ref.plugin, ref.dialog)
             what = what or f"Stopped {ref.plugin}'s question."

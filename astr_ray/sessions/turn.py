@@ -46,7 +46,7 @@ from astr_ray.sessions.access import (
 from astr_ray.sessions.agent import ToolFailure, run_agent
 from astr_ray.sessions.commands import CommandRegistry, parse_command
 from astr_ray.sessions.personas import Personas
-from astr_ray.sessions.window import TokenCounter
+from astr_ray.sessions.window import TokenCounter, estimate
 from astr_ray.store import Activation, NewMessage, Persona, Store, StoredMessage, TurnRecord
 
 __all__ = ["CommandContext", "DialogRef", "LiveSession", "TurnProcessor"]
@@ -86,7 +86,7 @@ class LiveSession:
     persona: str | None = None
     settings: dict[str, Any] = field(default_factory=dict)
     bucket: TokenBucket | None = None
-    dialog: DialogRef | None = None
+    dialogs: dict[str, DialogRef] = field(default_factory=dict)  # by sender id
 
     def remember(self, event_id: str, reply: dict[str, Any]) -> None:
         self.recent[event_id] = reply
@@ -225,13 +225,13 @@ class TurnProcessor:
         if refusal is not None:
             return refusal
         disabled = self.disabled_plugins(g, live)
-        if live.dialog is not None and live.dialog.sender == event.sender.id:
-            ref, live.dialog = live.dialog, None
-            if ref.expires > time.monotonic() and self.plugins is not None:
-                outcome = await self.plugins.resume(ref.plugin, ref.dialog, event)
-                return await self._plugin_answer(
-                    live, event, ref.plugin, outcome, is_admin, disabled
-                )
+        builtin = parsed is not None and self.commands.get(parsed[0]) is not None
+        ref = live.dialogs.pop(event.sender.id, None) if not builtin else None
+        # A plugin asked this sender a question: this message is the answer (built-in
+        # commands such as /help and /stop still work meanwhile).
+        if ref is not None and ref.expires > time.monotonic() and self.plugins is not None:
+            outcome = await self.plugins.resume(ref.plugin, ref.dialog, event)
+            return await self._plugin_answer(live, event, ref.plugin, outcome, is_admin, disabled)
         if parsed is not None:
             return await self._command(live, event, parsed, is_admin, disabled)
         if self.plugins is not None:
@@ -322,7 +322,11 @@ class TurnProcessor:
             answer = await builtin.handler(ctx, args)
             reply = Reply.of_text(live.key, event.message_id, answer)
             return await self._commit(live, event, ctx.pending, reply)
-        hit = self.plugins.find_command(name, args, disabled) if self.plugins else None
+        hit = (
+            self.plugins.find_command(name, args, disabled, admin=is_admin)
+            if self.plugins
+            else None
+        )
         if isinstance(hit, str):
             return await self._commit(
                 live, event, [], Reply.of_text(live.key, event.message_id, hit)
@@ -335,10 +339,11 @@ class TurnProcessor:
             )
         assert self.plugins is not None
         plugin, spec, argtext = hit
+        head = spec.usage.split(" <")[0].split(" [")[0]  # "/group sub" or "/name"
         if spec.filters.admin and not is_admin:
-            answer = f"/{name} is for admins only."
+            answer = f"{head} is for admins only."
         elif not spec.filters.allows(event.platform_id, event.chat_type.value):
-            answer = f"/{name} is not available in this chat."
+            answer = f"{head} is not available in this chat."
         else:
             outcome = await self.plugins.call(
                 Target(plugin, spec.id, "command", argtext), event, is_admin=is_admin
@@ -360,7 +365,7 @@ class TurnProcessor:
         error = None
         if "ask" in outcome:
             wait = min(float(outcome.get("timeout") or 120), self.cfg.plugins.max_dialog_wait_s)
-            live.dialog = DialogRef(
+            live.dialogs[event.sender.id] = DialogRef(
                 plugin, outcome["dialog"], event.sender.id, time.monotonic() + wait
             )
             text = outcome["ask"]
@@ -441,8 +446,8 @@ class TurnProcessor:
         if provider is None:
             return [*self._head(persona, live.summary), *history, user], []
         model = live.settings.get("model") or provider.model
-        budget = await self.counter.budget(provider)
         messages = [*self._head(persona, live.summary), *history, user]
+        budget = await self.counter.budget(provider, estimate(messages))
         tokens = await self.counter.count(model, messages, budget.limit)
         new: list[NewMessage] = []
         if tokens > budget.limit and compress and self.cfg.agent.compression == "summarize":
@@ -475,7 +480,7 @@ class TurnProcessor:
             transcript = f"(earlier summary) {live.summary}\n{transcript}"
         provider = self.provider_for(live)
         if provider is not None:
-            budget = await self.counter.budget(provider)
+            budget = await self.counter.budget(provider, estimate([{"content": transcript}]))
             room = max(budget.limit - 200, 100) * 3  # bytes, by the estimate's ratio
             transcript = transcript.encode()[-room:].decode(errors="ignore")
         result = await self.chain.complete(

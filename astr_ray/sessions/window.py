@@ -7,7 +7,8 @@ request could be near the limit at all; only then are tokens counted with the mo
 tokenizer through litellm (tiktoken for OpenAI models, litellm's bundled tokenizers
 for others; both offline). The window is the provider's ``context_window``, else what
 litellm knows of the model, else 8192. litellm is imported lazily, in a thread, the
-first time a conversation gets long (~3 s of CPU once per process).
+first time a conversation gets long (~3 s of CPU once per process; short requests never
+pay it).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ __all__ = ["Budget", "TokenCounter", "estimate"]
 log = logging.getLogger(__name__)
 
 DEFAULT_WINDOW = 8192
+ASSUMED_MIN_WINDOW = 4096  # no chat model worth configuring has a smaller one
 
 
 def estimate(messages: list[dict[str, Any]]) -> int:
@@ -54,8 +56,17 @@ class TokenCounter:
         self.cfg = cfg
         self._windows: dict[str, int] = {}
 
-    async def budget(self, provider: ProviderConfig) -> Budget:
-        window = provider.context_window or await self._known_window(provider.model)
+    async def budget(self, provider: ProviderConfig, estimated: int) -> Budget:
+        """The window and limit for ``provider``'s model. A request ``estimated`` far
+        below any chat model's window (``ASSUMED_MIN_WINDOW``) does not need the real
+        figure, so litellm is not even imported for it."""
+        window = provider.context_window
+        if window is None:
+            known = self._windows.get(provider.model)
+            if known is None and estimated < ASSUMED_MIN_WINDOW // 4:
+                window = ASSUMED_MIN_WINDOW
+            else:
+                window = known or await self._known_window(provider.model)
         limit = min(int(window * self.cfg.compress_at), window - self.cfg.reply_reserve_tokens)
         return Budget(window, max(limit, window // 4))
 

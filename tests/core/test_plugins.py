@@ -18,7 +18,7 @@ from astr_ray.config import Config, parse_config
 from astr_ray.errors import PluginError
 from astr_ray.message import ChatType, Event, Sender, Text
 from astr_ray.plugins import Plugin
-from astr_ray.plugins.api import parse_args
+from astr_ray.plugins.api import UsageError, parse_args
 from astr_ray.plugins.loader import discover, load
 from astr_ray.plugins.manager import PluginManager
 from astr_ray.plugins.manifest import manifest_from_dict
@@ -71,10 +71,12 @@ class Bot:
     plugins: PluginManager
     services: Services
 
-    async def say(self, chat: str, text: str, sender: str | None = None) -> Any:
+    async def say(
+        self, chat: str, text: str, sender: str | None = None, group: bool = False
+    ) -> Any:
         event = Event(
             platform_id="webchat",
-            chat_type=ChatType.PRIVATE,
+            chat_type=ChatType.GROUP if group else ChatType.PRIVATE,
             chat_id=chat,
             sender=Sender(id=sender or chat),
             message_id=uuid.uuid4().hex,
@@ -175,6 +177,10 @@ def test_manifest_is_checked_before_code_runs(tmp_path: Path) -> None:
         ({"name": "x", "version": "1", "colour": "red"}, "unknown key"),
         ({"name": "x", "version": "1", "requirements": ["six"]}, "isolated: true"),
         ({"name": "x", "version": "1", "config": {"n": {"type": "complex"}}}, "config.n.type"),
+        (
+            {"name": "x", "version": "1", "config": {"n": {"type": "int", "default": "lots"}}},
+            "not a int",
+        ),
     ],
 )
 def test_bad_manifests_say_what_is_wrong(data: dict[str, Any], fragment: str) -> None:
@@ -202,9 +208,21 @@ def test_command_arguments_are_typed() -> None:
     async def w(ctx: Any, city: str, days: int = 1) -> str:
         return ""
 
-    (spec,) = p.spec().commands
-    assert spec.usage == "/w <city...> [days:int]" or spec.usage == "/w <city> [days:int]"
-    assert parse_args(spec.params, "Paris") == {"city": "Paris", "days": 1}
+    @p.command("note")
+    async def note(ctx: Any, text: str) -> str:
+        return ""
+
+    w_spec, note_spec = p.spec().commands
+    assert w_spec.usage == "/w <city> [days:int]"
+    assert parse_args(w_spec.params, "Paris") == {"city": "Paris", "days": 1}
+    assert parse_args(w_spec.params, '"New York" 3') == {"city": "New York", "days": 3}
+    assert note_spec.usage == "/note <text...>"
+    raw = 'say "hi"   to C:\\Bob'
+    assert parse_args(note_spec.params, raw) == {"text": raw}, "the rest of the line as typed"
+    with pytest.raises(UsageError, match="too many arguments"):
+        parse_args(w_spec.params, "Paris 3 extra")
+    with pytest.raises(UsageError, match="missing <text>"):
+        parse_args(note_spec.params, "   ")
 
 
 def test_tool_schema_comes_from_hints_and_docstring() -> None:
@@ -377,3 +395,57 @@ async def test_plugin_settings_and_decorate_hook(tmp_path: Path, fake_llm: FakeL
     finally:
         await b.plugins.close()
         await b.store.close()
+
+
+async def test_dialogs_are_per_sender_in_a_group(bot: Bot) -> None:
+    room = chat()
+    assert (await bot.say(room, "/quiz", sender="ann", group=True)).text == "What is your name?"
+    assert (await bot.say(room, "/quiz", sender="bob", group=True)).text == "What is your name?"
+    assert "Nice to meet you, Bob" in (await bot.say(room, "Bob", sender="bob", group=True)).text
+    assert "/help" in (await bot.say(room, "/help", sender="ann", group=True)).text
+    assert "Nice to meet you, Ann" in (await bot.say(room, "Ann", sender="ann", group=True)).text
+    assert (await bot.say(room, "red", sender="ann", group=True)).text == "Ann likes red."
+    assert (await bot.say(room, "blue", sender="bob", group=True)).text == "Bob likes blue."
+
+
+async def test_admin_sub_commands_and_usage_errors_from_handlers(
+    tmp_path: Path, fake_llm: FakeLLM
+) -> None:
+    pdir = tmp_path / "plugins" / "vault"
+    pdir.mkdir(parents=True)
+    (pdir / "plugin.yaml").write_text("name: vault\nversion: 1.0.0\n")
+    (pdir / "main.py").write_text(
+        "from astr_ray.plugins import Plugin, UsageError\n"
+        "plugin = Plugin()\n"
+        "vault = plugin.group('vault')\n"
+        "@vault.command('open', admin=True)\n"
+        "async def open_(ctx) -> str:\n"
+        "    return 'opened'\n"
+        "@vault.command('put')\n"
+        "async def put(ctx, amount: int) -> str:\n"
+        "    if amount <= 0:\n"
+        "        raise UsageError('the amount must be positive')\n"
+        "    return f'put {amount}'\n"
+    )
+    b = await make_bot(tmp_path, fake_llm, [])
+    try:
+        assert (await b.say(chat(), "/vault open")).text == "/vault open is for admins only."
+        assert (await b.say(chat(), "/vault open", sender=ADMIN)).text == "opened"
+        listing = (await b.say(chat(), "/vault")).text
+        assert "/vault put" in listing and "/vault open" not in listing
+        assert "/vault open" in (await b.say(chat(), "/vault", sender=ADMIN)).text
+        refused = await b.say(chat(), "/vault put -3")
+        assert refused.text == "the amount must be positive. Usage: /vault put <amount:int>"
+        assert refused.error is None
+    finally:
+        await b.plugins.close()
+        await b.store.close()
+
+
+async def test_a_plugin_can_be_switched_off_in_one_chat(bot: Bot) -> None:
+    c, other = chat(), chat()
+    assert "off in this chat" in (await bot.say(c, "/plugin off greeter here", sender=ADMIN)).text
+    assert "Unknown command" in (await bot.say(c, "/greet Ann", sender=ADMIN)).text
+    assert (await bot.say(other, "/greet Ann")).text == "Hello, Ann!"
+    await bot.say(c, "/plugin on greeter here", sender=ADMIN)
+    assert (await bot.say(c, "/greet Ann", sender=ADMIN)).text == "Hello, Ann!"
