@@ -71,6 +71,9 @@ def cmd_dev(args: argparse.Namespace) -> int:
     if not Path(args.config).exists():
         cmd_init(argparse.Namespace(config=args.config, force=False))
     cfg = _load(args.config)
+    if "watch" not in cfg.plugins.model_fields_set:
+        # Dev mode: plugins reload when their files change, unless the config says no.
+        cfg = cfg.model_copy(update={"plugins": cfg.plugins.model_copy(update={"watch": True})})
     from actors import runtime
 
     print("starting Ray (single node)...", flush=True)

@@ -397,7 +397,7 @@ dashboard:
 plugins:
   dir: null                  # default: <data_dir>/plugins
   handler_timeout_s: 30      # every plugin handler and hook, each call
-  watch: false               # reload plugins on file change (`astr-ray dev` turns it on)
+  # watch: true               # reload plugins on file change (default: on in `astr-ray dev`)
   disabled: []               # plugins off until enabled (/plugin on <name>)
   settings: {}               # per plugin, e.g. weather: {api_url: "https://..."}
 

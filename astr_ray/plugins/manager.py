@@ -123,7 +123,6 @@ class PluginManager:
         self._commands: dict[str, tuple[str, CommandSpec]] = {}
         self._groups: dict[str, tuple[str, dict[str, CommandSpec]]] = {}
         self._tools: dict[str, tuple[str, ToolSpec]] = {}
-        self._fingerprints: dict[str, Any] = {}
 
     # -- loading ------------------------------------------------------------------------
     async def load_all(self) -> None:
@@ -135,7 +134,6 @@ class PluginManager:
 
     async def _load(self, src: PluginSource) -> bool:
         self.sources[src.name] = src
-        self._fingerprints[src.name] = src.fingerprint()
         old = self.handles.pop(src.name, None)
         if old is not None:
             await self._close(old)
@@ -206,16 +204,6 @@ class PluginManager:
                 done.append(src.name)
         self._rebuild()
         return done
-
-    async def reload_changed(self) -> list[str]:
-        """Dev mode: reload the plugins whose files changed since they were loaded."""
-        sources, _ = discover(self.cfg.plugins_dir)
-        changed = [s.name for s in sources if self._fingerprints.get(s.name) != s.fingerprint()]
-        changed += [n for n in self.sources if n not in {s.name for s in sources}]
-        out: list[str] = []
-        for n in changed:
-            out += await self.reload(n)
-        return out
 
     async def close(self) -> None:
         for handle in list(self.handles.values()):

@@ -27,10 +27,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from astr_ray.batching import BatchRunner
-from astr_ray.config import Config, ProviderConfig
+from astr_ray.config import Config
 from astr_ray.errors import (
     DuplicateEventError,
-    ProviderUnavailableError,
     StoreError,
 )
 from astr_ray.message import Event, Reply
@@ -43,11 +42,11 @@ from astr_ray.sessions.access import (
     blocked_word,
     censor,
 )
-from astr_ray.sessions.agent import ToolFailure, run_agent
 from astr_ray.sessions.commands import CommandRegistry, parse_command
+from astr_ray.sessions.llm import LLMPath
 from astr_ray.sessions.personas import Personas
-from astr_ray.sessions.window import TokenCounter, estimate
-from astr_ray.store import Activation, NewMessage, Persona, Store, StoredMessage, TurnRecord
+from astr_ray.sessions.window import TokenCounter
+from astr_ray.store import Activation, NewMessage, Store, StoredMessage, TurnRecord
 
 __all__ = ["CommandContext", "DialogRef", "LiveSession", "TurnProcessor"]
 
@@ -56,11 +55,6 @@ log = logging.getLogger(__name__)
 ChunkSink = Callable[[str], Awaitable[None]]
 
 RECENT_EVENTS = 256
-
-SUMMARY_PROMPT = (
-    "Summarize the conversation below for your own later reference: the facts, names, "
-    "decisions and open questions, in the language of the conversation, at most 200 words."
-)
 
 
 @dataclass
@@ -104,46 +98,7 @@ class CommandContext:
     pending: list[NewMessage] = field(default_factory=list)  # committed with the reply
 
 
-class TooLong(Exception):
-    """The request cannot fit the model's window even without history."""
-
-
-class _ToolBox:
-    def __init__(
-        self,
-        plugins: PluginManager,
-        specs: list[Any],
-        event: Event,
-        is_admin: bool,
-        timeout: float,
-    ) -> None:
-        self.plugins = plugins
-        self.specs = specs
-        self.names = {s.name for s in specs}
-        self.event = event
-        self.is_admin = is_admin
-        self.timeout = timeout
-
-    def schemas(self) -> list[dict[str, Any]]:
-        return [s.openai() for s in self.specs]
-
-    async def run(self, name: str, arguments: dict[str, Any]) -> str:
-        hit = self.plugins.tool_plugin(name) if name in self.names else None
-        if hit is None:
-            raise ToolFailure(f"there is no tool named {name!r}")
-        plugin, spec = hit
-        out = await self.plugins.call(
-            Target(plugin, spec.id, "tool", arguments),
-            self.event,
-            is_admin=self.is_admin,
-            limit=self.timeout,
-        )
-        if "error" in out:
-            raise ToolFailure(out["message"])
-        return str(out.get("ok", ""))
-
-
-class TurnProcessor:
+class TurnProcessor(LLMPath):
     """Runs turns. Shared by every session of a host; holds no per-session state."""
 
     def __init__(
@@ -298,10 +253,6 @@ class TurnProcessor:
                 live.bucket.take()
         return None
 
-    @staticmethod
-    def _refuse(live: LiveSession, event: Event, text: str, error: str) -> Reply:
-        return Reply.of_text(live.key, event.message_id, text, error=error)
-
     async def _command(
         self,
         live: LiveSession,
@@ -415,175 +366,7 @@ class TurnProcessor:
                 payload = value
         return payload
 
-    # -- the LLM path -------------------------------------------------------------------
-    def provider_for(self, live: LiveSession) -> ProviderConfig | None:
-        chain = self.cfg.provider_chain()
-        prefer = live.settings.get("provider")
-        for p in chain:
-            if p.id == prefer:
-                return p
-        return chain[0] if chain else None
-
-    def _head(self, persona: Persona, summary: str | None) -> list[dict[str, Any]]:
-        head: list[dict[str, Any]] = [{"role": "system", "content": persona.system_prompt}]
-        for user, assistant in persona.begin_dialogs:
-            head += [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]
-        if summary:
-            head.append(
-                {"role": "system", "content": f"Summary of the earlier conversation: {summary}"}
-            )
-        return head
-
-    async def fit(
-        self, live: LiveSession, persona: Persona, text: str, *, compress: bool = True
-    ) -> tuple[list[dict[str, Any]], list[NewMessage]]:
-        """The request for this turn, inside the model's window: compressed (summary
-        stored with the turn) or with the oldest history left out. ``TooLong`` if the
-        message does not fit even alone."""
-        provider = self.provider_for(live)
-        user = {"role": "user", "content": text}
-        history = list(live.history[-self.history_messages :])
-        if provider is None:
-            return [*self._head(persona, live.summary), *history, user], []
-        model = live.settings.get("model") or provider.model
-        messages = [*self._head(persona, live.summary), *history, user]
-        budget = await self.counter.budget(provider, estimate(messages))
-        tokens = await self.counter.count(model, messages, budget.limit)
-        new: list[NewMessage] = []
-        if tokens > budget.limit and compress and self.cfg.agent.compression == "summarize":
-            summary = await self.compress(live)
-            if summary is not None:
-                new.append(summary)
-                history = list(live.history)
-                messages = [*self._head(persona, live.summary), *history, user]
-                tokens = await self.counter.count(model, messages, budget.limit)
-        while tokens > budget.limit and history:
-            drop = 2 if len(history) > 1 else 1
-            history = history[drop:]
-            messages = [*self._head(persona, live.summary), *history, user]
-            tokens = await self.counter.count(model, messages, budget.limit)
-        if tokens > budget.limit:
-            raise TooLong(f"{tokens} tokens; this model takes {budget.limit}")
-        return messages, new
-
-    async def compress(self, live: LiveSession, *, force: bool = False) -> NewMessage | None:
-        """Summarize all but the last ``keep_recent_turns`` turns into ``live.summary``.
-        Returns the summary message to store with the turn (None: nothing to do)."""
-        keep = 2 * self.cfg.agent.keep_recent_turns
-        older = live.history[:-keep] if keep else list(live.history)
-        if not older and not (force and live.history):
-            return None
-        if not older:
-            older, keep = list(live.history), 0
-        transcript = "\n".join(f"{m['role']}: {m['content']}" for m in older)
-        if live.summary:
-            transcript = f"(earlier summary) {live.summary}\n{transcript}"
-        provider = self.provider_for(live)
-        if provider is not None:
-            budget = await self.counter.budget(provider, estimate([{"content": transcript}]))
-            room = max(budget.limit - 200, 100) * 3  # bytes, by the estimate's ratio
-            transcript = transcript.encode()[-room:].decode(errors="ignore")
-        result = await self.chain.complete(
-            [
-                {"role": "system", "content": SUMMARY_PROMPT},
-                {"role": "user", "content": transcript},
-            ],
-            context={"session": live.key, "purpose": "summary"},
-        )
-        live.summary = result.content.strip()
-        live.history = live.history[-keep:] if keep else []
-        return NewMessage("system", live.summary, {"summary": True, "kept": len(live.history)})
-
-    async def _llm_turn(
-        self,
-        live: LiveSession,
-        event: Event,
-        text: str,
-        on_chunk: ChunkSink | None,
-        is_admin: bool,
-        disabled: set[str],
-    ) -> Reply:
-        persona = await self.personas.resolve(live.persona)
-        context = {"session": live.key, "event": event.message_id}
-        try:
-            messages, new = await self.fit(live, persona, text)
-            if self.plugins is not None:
-                req = await self._hooks(
-                    "before_llm",
-                    {"system_prompt": persona.system_prompt, "messages": messages},
-                    event,
-                    is_admin,
-                    disabled,
-                )
-                messages = list(req.get("messages") or messages)
-                if req.get("system_prompt") != persona.system_prompt and messages:
-                    messages[0] = {"role": "system", "content": str(req["system_prompt"])}
-            toolbox = None
-            if self.plugins is not None:
-                specs = self.plugins.tools(disabled, persona.tools)
-                if specs:
-                    toolbox = _ToolBox(
-                        self.plugins, specs, event, is_admin, self.cfg.agent.tool_timeout_s
-                    )
-            result = await run_agent(
-                self.chain,
-                messages,
-                toolbox,
-                on_chunk,
-                max_steps=self.cfg.agent.max_steps,
-                tool_timeout_s=self.cfg.agent.tool_timeout_s,
-                prefer=live.settings.get("provider"),
-                model=live.settings.get("model"),
-                context=context,
-            )
-        except TooLong as exc:
-            return self._refuse(
-                live, event, f"Your message is too long for the model ({exc}).", "too_long"
-            )
-        except ProviderUnavailableError as exc:
-            if not self.chain.slots:
-                return Reply.of_text(
-                    live.key,
-                    event.message_id,
-                    "No LLM provider is configured yet: add one under `providers:` in the "
-                    "config (see `astr-ray init`) and restart. Commands work meanwhile: /help",
-                    error="no_provider",
-                )
-            log.error(
-                "no provider answered session=%s event=%s: %s",
-                live.key,
-                event.message_id,
-                exc.message,
-            )
-            return Reply.of_text(
-                live.key,
-                event.message_id,
-                "Sorry, I can't reach the language model right now. Please try again in a moment.",
-                error="provider_unavailable",
-            )
-        answer = result.text
-        if self.plugins is not None:
-            out = await self._hooks("after_llm", {"text": answer}, event, is_admin, disabled)
-            answer = str(out.get("text", answer))
-        last = result.last
-        new += [
-            NewMessage("user", text, {"sender": event.sender.id}),
-            NewMessage(
-                "assistant",
-                answer,
-                {
-                    "provider": last.provider_id,
-                    "model": last.model,
-                    "prompt_tokens": result.prompt_tokens,
-                    "completion_tokens": result.completion_tokens,
-                    "steps": result.steps,
-                    "tools": [t.name for t in result.tools],
-                },
-            ),
-        ]
-        return await self._finish(live, event, answer, new, is_admin, disabled)
-
-    # -- commit -------------------------------------------------------------------------
+    # -- commit (the LLM path is in llm.py) ----------------------------------------------
     async def _commit(
         self, live: LiveSession, event: Event, new: list[NewMessage], reply: Reply
     ) -> Reply:

@@ -216,3 +216,44 @@ async def test_an_isolated_plugins_requirements_live_in_its_own_environment(
     finally:
         shutil.rmtree(folder)
         await chat.ask(RUNTIME_ADMIN, "/plugin reload depcheck")
+
+
+async def test_dev_mode_reloads_a_plugin_when_its_files_change(
+    ray_cluster: dict[str, Any],
+    fake_llm: FakeLLM,
+    fake_fallback: FakeLLM,
+    tmp_path: Path,
+) -> None:
+    """A second, small tree with ``plugins.watch`` (what `astr-ray dev` turns on)."""
+    import aiohttp
+
+    from actors import runtime as rt
+    from tests.conftest import FIXTURE_PLUGINS, runtime_config
+
+    shutil.copytree(FIXTURE_PLUGINS / "greeter", tmp_path / "plugins" / "greeter")
+    cfg = runtime_config(
+        tmp_path, fake_llm, fake_fallback, plugins={"watch": True}, sessions={"hosts": 1}
+    )
+    sup, status = await asyncio.to_thread(rt.start_tree, cfg, timeout=120)
+    try:
+        assert status["ok"], status
+        tree = Runtime(cfg, sup, ray_cluster["gcs_address"], ray_cluster["metrics_port"])
+        async with aiohttp.ClientSession() as http:
+            chat = ChatClient(tree, http)
+            assert (await chat.ask(new_session(), "/greet Ivy"))["text"] == "Hello, Ivy!"
+            main = cfg.plugins_dir / "greeter" / "main.py"
+            main.write_text(
+                main.read_text()
+                .replace("Hello", "Hiya")
+                .replace("ctx.config['greeting']", "'Hiya'")
+            )
+
+            async def reloaded() -> bool:
+                reply = await chat.ask(new_session(), "/greet Ivy")
+                return bool(reply["text"] == "Hiya, Ivy!")
+
+            await eventually(reloaded, within=30)
+            log = (await tree.status())["restart_log"]
+            assert any(e["actor"] == "plugins" and e["kind"] == "reloaded" for e in log)
+    finally:
+        await asyncio.to_thread(rt.stop_tree, cfg.runtime.namespace, handle=sup)

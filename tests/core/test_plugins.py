@@ -120,7 +120,7 @@ async def make_bot(
                 **(chain_kw or {}),
             }
         ],
-        "plugins": {"handler_timeout_s": 2},
+        "plugins": {"handler_timeout_s": 10},
         "agent": {"tool_timeout_s": 1},
         "access": {"admins": [f"webchat:{ADMIN}"]},
     }
@@ -143,7 +143,10 @@ async def make_bot(
 
 @pytest.fixture
 async def bot(tmp_path: Path, fake_llm: FakeLLM) -> AsyncIterator[Bot]:
-    b = await make_bot(tmp_path, fake_llm, ["greeter", "raiser", "sleeper"])
+    # A short limit, for the time-out tests; elsewhere 10 s leaves room on a busy machine.
+    b = await make_bot(
+        tmp_path, fake_llm, ["greeter", "raiser", "sleeper"], plugins={"handler_timeout_s": 2}
+    )
     yield b
     await b.plugins.close()
     await b.processor.chain.close()
@@ -449,3 +452,33 @@ async def test_a_plugin_can_be_switched_off_in_one_chat(bot: Bot) -> None:
     assert (await bot.say(other, "/greet Ann")).text == "Hello, Ann!"
     await bot.say(c, "/plugin on greeter here", sender=ADMIN)
     assert (await bot.say(c, "/greet Ann", sender=ADMIN)).text == "Hello, Ann!"
+
+
+async def test_an_installed_package_plugin_loads_through_its_entry_point(
+    tmp_path: Path, fake_llm: FakeLLM, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    site = tmp_path / "site"
+    pkg = site / "astr_demo_pkg"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "plugin.yaml").write_text("name: demo-pkg\nversion: 2.0.0\n")
+    (pkg / "main.py").write_text(
+        "from astr_ray.plugins import Plugin\n"
+        "plugin = Plugin()\n"
+        "@plugin.command('pkgping')\n"
+        "async def pkgping(ctx) -> str:\n"
+        "    return 'pong from a package'\n"
+    )
+    info = site / "astr_demo_pkg-2.0.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: astr-demo-pkg\nVersion: 2.0.0\n")
+    (info / "entry_points.txt").write_text("[astr_ray.plugins]\ndemo-pkg = astr_demo_pkg\n")
+    monkeypatch.syspath_prepend(str(site))
+    b = await make_bot(tmp_path / "bot", fake_llm, [])
+    try:
+        assert (await b.say(chat(), "/pkgping")).text == "pong from a package"
+        listing = (await b.say(chat(), "/plugin ls", sender=ADMIN)).text
+        assert "demo-pkg 2.0.0 [on]" in listing
+    finally:
+        await b.plugins.close()
+        await b.store.close()
