@@ -154,8 +154,12 @@ class SessionHost:
     async def _maintenance(self) -> None:
         ticks = 0
         while True:
+            before = time.monotonic()
             await asyncio.sleep(0.5)
             ticks += 1
+            lag = time.monotonic() - before - 0.5
+            if lag > 1.0:
+                self._report_stall(before, lag)
             try:
                 self.manager.passivate_idle()
                 self._drop_abandoned()
@@ -167,6 +171,19 @@ class SessionHost:
                     await self.plugins.retry_pending()
             except Exception:
                 log.exception("maintenance pass failed")
+
+    def _report_stall(self, since: float, lag: float) -> None:
+        """The event loop did not run for ``lag`` seconds: every session of this host
+        waited. Name the in-process plugins that were running, since a plugin that
+        blocks belongs in its own process."""
+        suspects = self.plugins.suspects(since)
+        self.metrics.errors.labels("session_host", "loop_stall").inc()
+        log.warning(
+            "the event loop was blocked for %.1fs; in-process plugins running meanwhile: %s"
+            " (a plugin that blocks should set `isolated: true` in its plugin.yaml)",
+            lag,
+            ", ".join(suspects) or "none",
+        )
 
     def _retiring(self) -> bool:
         """Stopping or stopped: this host owns nothing any more; callers re-route."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -120,6 +121,9 @@ class PluginManager:
         self.failures: dict[str, LoadFailure] = {}
         self.pending: set[str] = set()  # isolated plugins whose actor is not ready yet
         self.conflicts: list[str] = []
+        # In-process calls running and recently finished: the suspects of a loop stall.
+        self._running: dict[object, tuple[str, float]] = {}
+        self._finished: deque[tuple[str, float, float]] = deque(maxlen=256)
         self._commands: dict[str, tuple[str, CommandSpec]] = {}
         self._groups: dict[str, tuple[str, dict[str, CommandSpec]]] = {}
         self._tools: dict[str, tuple[str, ToolSpec]] = {}
@@ -359,6 +363,13 @@ class PluginManager:
         ]
         return [Target(n, hid, "hook") for _, n, hid in sorted(found, key=lambda x: -x[0])]
 
+    def suspects(self, since: float) -> list[str]:
+        """In-process plugins that were running at some point after ``since``
+        (monotonic): who may have blocked this host's event loop."""
+        names = {name for name, _ in self._running.values()}
+        names |= {name for name, _, end in self._finished if end >= since}
+        return sorted(names)
+
     # -- calls --------------------------------------------------------------------------
     async def call(
         self,
@@ -404,6 +415,9 @@ class PluginManager:
         self, handle: PluginHandle, kind: str, work: Awaitable[dict[str, Any]], limit: float
     ) -> dict[str, Any]:
         started = time.perf_counter()
+        call_id = object()
+        if not handle.isolated:
+            self._running[call_id] = (handle.name, time.monotonic())
         try:
             # The runner enforces the limit; this outer one covers a stuck process.
             outcome = await asyncio.wait_for(work, limit + 5)
@@ -416,6 +430,10 @@ class PluginManager:
         except Exception as exc:
             outcome = {"error": "exception", "message": f"{handle.name}: {type(exc).__name__}"}
             log.exception("plugin %s: %s call failed", handle.name, kind)
+        finally:
+            if not handle.isolated:
+                name, since = self._running.pop(call_id)
+                self._finished.append((name, since, time.monotonic()))
         if self.metrics is not None:
             result = outcome.get("error") or ("ask" if "ask" in outcome else "ok")
             self.metrics.plugin_calls.labels(handle.name, kind, result).inc()

@@ -257,3 +257,26 @@ async def test_dev_mode_reloads_a_plugin_when_its_files_change(
             assert any(e["actor"] == "plugins" and e["kind"] == "reloaded" for e in log)
     finally:
         await asyncio.to_thread(rt.stop_tree, cfg.runtime.namespace, handle=sup)
+
+
+async def test_a_plugin_blocking_its_hosts_loop_is_reported(
+    runtime: Runtime, chat: ChatClient
+) -> None:
+    from astr_ray.metrics import sample_value
+
+    s = new_session()
+    _, host = await runtime.host_of(f"webchat:private:{s}")
+
+    async def stalls() -> float:
+        snap = await host.metrics_snapshot.remote()
+        return sample_value(
+            snap, "astr_ray_errors_total", component="session_host", kind="loop_stall"
+        )
+
+    before = await stalls()
+    assert (await chat.ask(s, "/stall 1.6"))["text"] == "stalled 1.6s"
+    await eventually(lambda: _more(stalls, before), within=10)
+
+
+async def _more(probe: Any, before: float) -> bool:
+    return bool(await probe() > before)
