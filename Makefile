@@ -28,6 +28,7 @@ test: lint
 bench: $(STAMP)
 	$(PY) -m bench.webchat_throughput
 	$(PY) -m bench.cluster
+	$(PY) -m bench.plugin_isolation
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .coverage

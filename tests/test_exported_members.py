@@ -44,3 +44,25 @@ def test_every_error_is_an_astr_ray_error() -> None:
     for name in errors.__all__:
         cls = getattr(errors, name)
         assert issubclass(cls, errors.AstrRayError | errors.ControlSignal), name
+
+
+def test_the_plugin_api_is_pinned() -> None:
+    """What plugin authors import (docs/plugins.md): changing it breaks their plugins."""
+    import astr_ray.plugins
+
+    assert set(astr_ray.plugins.__all__) == {
+        "Capability",
+        "CommandGroup",
+        "ConfigField",
+        "Context",
+        "DialogTimeout",
+        "KeyValue",
+        "Plugin",
+        "PluginError",
+        "PluginManifest",
+        "PluginSpec",
+        "UsageError",
+        "load_manifest",
+    }
+    for name in astr_ray.plugins.__all__:
+        assert hasattr(astr_ray.plugins, name), name
