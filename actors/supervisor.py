@@ -312,7 +312,8 @@ class Supervisor:
         return child
 
     async def _retire(self, child: Child, kind: str, reason: str) -> None:
-        """Stop a host that owns no shards any more (it drains first), then remove it."""
+        """Stop a child for good (a host that owns no shards any more drains first),
+        then remove it and free the LLM permits it held."""
         try:
             await asyncio.wait_for(child.handle.stop.remote(), 15)
         except Exception as exc:
@@ -540,7 +541,11 @@ class Supervisor:
             # New requirements need a new environment, hence a new process.
             moved = src is not None and name in (None, plugin) and old.meta != _plugin_meta(src)
             if gone or moved:
-                await self._retire_plugin(old, "removed" if gone else "replaced")
+                await self._retire(
+                    old,
+                    "removed" if gone else "replaced",
+                    "its plugin was removed" if gone else "its requirements changed",
+                )
         for src in sources:
             self._plugin_prints[src.name] = src.fingerprint()
             if not src.manifest.isolated or name not in (None, src.name):
@@ -572,16 +577,6 @@ class Supervisor:
         first = answers[0] if answers else {"reloaded": [], "failures": [], "pending": []}
         await self._record("plugins", "reloaded", ", ".join(first["reloaded"]) or "none", None)
         return first
-
-    async def _retire_plugin(self, child: Child, kind: str) -> None:
-        try:
-            await asyncio.wait_for(child.handle.stop.remote(), 15)
-        except Exception as exc:
-            log.warning("stopping %s: %s", child.name, _first_line(exc))
-        ray.kill(child.handle, no_restart=True)
-        self.children.pop(child.name, None)
-        await self._release_permits(child.name)
-        await self._event(child, kind, "its plugin was removed or its requirements changed")
 
     async def _watch_plugins(self) -> None:
         """Dev mode: reload a plugin when its files change (polled every second)."""

@@ -137,6 +137,9 @@ class AgentConfig(_Section):
 
     max_steps: int = Field(default=8, ge=1, le=64, description="LLM calls per turn, at most")
     tool_timeout_s: float = Field(default=30.0, gt=0, le=3600)
+    max_tool_result_chars: int = Field(
+        default=8000, ge=100, description="a longer tool result is cut (and says so)"
+    )
     default_persona: str | None = None
     compress_at: float = Field(
         default=0.8,

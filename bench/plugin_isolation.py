@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import sys
 import tempfile
 import time
 import uuid
@@ -29,7 +28,7 @@ from pathlib import Path
 
 import aiohttp
 
-from bench.webchat_throughput import FakeLLMProcess, Tree, pct
+from bench.webchat_throughput import FakeLLMProcess, Tree, pct, start_ray
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
@@ -91,14 +90,7 @@ async def amain() -> None:
 
     tmp = Path(tempfile.mkdtemp(prefix="astr-bench-plugins-"))
     shutil.copytree(HERE / "plugins", tmp / "plugins")
-    ray.init(
-        include_dashboard=False,
-        log_to_driver=False,
-        namespace="astr-bench",
-        object_store_memory=200 * 1024 * 1024,
-        _node_ip_address="127.0.0.1",
-    )
-    print(f"cores: {os.cpu_count()}  python {sys.version.split()[0]}  ray {ray.__version__}")
+    start_ray()
     print("one session host: A and B share it; fake LLM at 0 ms in its own process")
     fake = FakeLLMProcess(0.0)
     tree = Tree(fake, 1, "native", tmp, extra={"plugins": {"handler_timeout_s": 30}})

@@ -285,10 +285,10 @@ async def run_memory(args: argparse.Namespace, tmp: Path) -> None:
         fake.stop()
 
 
-async def amain(args: argparse.Namespace) -> None:
+def start_ray() -> None:
+    """A local Ray for a bench run, on loopback, and a line saying what runs it."""
     import ray
 
-    tmp = Path(tempfile.mkdtemp(prefix="astr-bench-"))
     ray.init(
         include_dashboard=False,
         log_to_driver=False,
@@ -297,6 +297,13 @@ async def amain(args: argparse.Namespace) -> None:
         _node_ip_address="127.0.0.1",
     )
     print(f"cores: {os.cpu_count()}  python {sys.version.split()[0]}  ray {ray.__version__}")
+
+
+async def amain(args: argparse.Namespace) -> None:
+    import ray
+
+    tmp = Path(tempfile.mkdtemp(prefix="astr-bench-"))
+    start_ray()
     try:
         if "throughput" in args.only:
             await run_throughput(args, tmp)

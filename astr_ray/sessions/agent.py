@@ -32,6 +32,13 @@ ChunkSink = Callable[[str], Awaitable[None]]
 
 OUT_OF_STEPS = "I couldn't finish that within my step limit. Ask me to continue."
 EMPTY_ANSWER = "(The model gave an empty answer. Please try rephrasing.)"
+TOO_MUCH_CONTEXT = "(The tools returned more than fits the model's context window.)"
+
+
+def _cut(text: str, limit: int) -> str:
+    if len(text) <= limit:
+        return text
+    return text[:limit] + f"\n[cut: {len(text) - limit} more characters]"
 
 
 class ToolBox(Protocol):
@@ -71,6 +78,8 @@ async def run_agent(
     *,
     max_steps: int,
     tool_timeout_s: float,
+    max_result_chars: int = 8000,
+    fits: Callable[[list[dict[str, Any]]], Awaitable[bool]] | None = None,
     prefer: str | None = None,
     model: str | None = None,
     context: dict[str, Any] | None = None,
@@ -89,8 +98,21 @@ async def run_agent(
             await on_chunk("\n\n")
         await on_chunk(piece)
 
+    previous: ChainResult | None = None
     for step in range(1, max_steps + 1):
         offer = schemas if step < max_steps else []
+        if step > 1 and fits is not None and not await fits(msgs):
+            # The tool results pushed the request past the model's window: shorten them;
+            # if that is not enough, answer without another call.
+            for m in msgs:
+                if m.get("role") == "tool":
+                    m["content"] = _cut(m["content"], 300)
+            if not await fits(msgs):
+                text = "\n\n".join([*texts, TOO_MUCH_CONTEXT])
+                if on_chunk is not None:
+                    await sink(TOO_MUCH_CONTEXT)
+                assert previous is not None
+                return AgentResult(text, previous, step - 1, prompt, completion, runs)
         result = await chain.complete(
             msgs,
             sink if on_chunk is not None else None,
@@ -99,6 +121,7 @@ async def run_agent(
             model=model,
             context=context,
         )
+        previous = result
         prompt += result.prompt_tokens
         completion += result.completion_tokens
         if result.content:
@@ -130,6 +153,7 @@ async def run_agent(
         outputs = await asyncio.gather(
             *(_run_one(toolbox, c, tool_timeout_s, runs) for c in result.tool_calls)
         )
+        outputs = [_cut(o, max_result_chars) for o in outputs]
         for call, output in zip(result.tool_calls, outputs, strict=True):
             msgs.append({"role": "tool", "tool_call_id": call.id, "content": output})
     raise AssertionError("unreachable: the last step offers no tools")

@@ -7,6 +7,7 @@ the chain, the plugins and the reply helpers it uses.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
@@ -86,19 +87,16 @@ class LLMPath:
     async def _hooks(
         self, hook: str, payload: dict[str, Any], event: Event, is_admin: bool, disabled: set[str]
     ) -> dict[str, Any]:
-        raise NotImplementedError
-
-    async def _finish(
-        self,
-        live: LiveSession,
-        event: Event,
-        text: str,
-        new: list[NewMessage],
-        is_admin: bool,
-        disabled: set[str],
-        error: str | None = None,
-    ) -> Reply:
-        raise NotImplementedError
+        """Run a hook chain; a hook that fails is skipped (and logged by the manager)."""
+        assert self.plugins is not None
+        for target in self.plugins.hook_targets(hook, disabled):
+            out = await self.plugins.call(
+                Target(target.plugin, target.handler, "hook", payload), event, is_admin=is_admin
+            )
+            value = out.get("ok")
+            if isinstance(value, dict):
+                payload = value
+        return payload
 
     @staticmethod
     def _refuse(live: LiveSession, event: Event, text: str, error: str) -> Reply:
@@ -123,11 +121,18 @@ class LLMPath:
         return head
 
     async def fit(
-        self, live: LiveSession, persona: Persona, text: str, *, compress: bool = True
+        self,
+        live: LiveSession,
+        persona: Persona,
+        text: str,
+        *,
+        tools: list[dict[str, Any]] | None = None,
+        compress: bool = True,
     ) -> tuple[list[dict[str, Any]], list[NewMessage]]:
         """The request for this turn, inside the model's window: compressed (summary
         stored with the turn) or with the oldest history left out. ``TooLong`` if the
-        message does not fit even alone."""
+        message does not fit even alone. The tools' schemas count too: the model reads
+        them as part of its input."""
         provider = self.provider_for(live)
         user = {"role": "user", "content": text}
         history = list(live.history[-self.history_messages :])
@@ -135,8 +140,9 @@ class LLMPath:
             return [*self._head(persona, live.summary), *history, user], []
         model = live.settings.get("model") or provider.model
         messages = [*self._head(persona, live.summary), *history, user]
-        budget = await self.counter.budget(provider, estimate(messages))
-        tokens = await self.counter.count(model, messages, budget.limit)
+        extra = _tools_as_text(tools)
+        budget = await self.counter.budget(provider, estimate(messages + extra))
+        tokens = await self.counter.count(model, messages + extra, budget.limit)
         new: list[NewMessage] = []
         if tokens > budget.limit and compress and self.cfg.agent.compression == "summarize":
             summary = await self.compress(live)
@@ -144,12 +150,12 @@ class LLMPath:
                 new.append(summary)
                 history = list(live.history)
                 messages = [*self._head(persona, live.summary), *history, user]
-                tokens = await self.counter.count(model, messages, budget.limit)
+                tokens = await self.counter.count(model, messages + extra, budget.limit)
         while tokens > budget.limit and history:
             drop = 2 if len(history) > 1 else 1
             history = history[drop:]
             messages = [*self._head(persona, live.summary), *history, user]
-            tokens = await self.counter.count(model, messages, budget.limit)
+            tokens = await self.counter.count(model, messages + extra, budget.limit)
         if tokens > budget.limit:
             raise TooLong(f"{tokens} tokens; this model takes {budget.limit}")
         return messages, new
@@ -182,6 +188,23 @@ class LLMPath:
         live.history = live.history[-keep:] if keep else []
         return NewMessage("system", live.summary, {"summary": True, "kept": len(live.history)})
 
+    def _fits(
+        self, live: LiveSession, tools: list[dict[str, Any]] | None
+    ) -> Callable[[list[dict[str, Any]]], Awaitable[bool]]:
+        """Whether a request (with tool results) still fits the session's model."""
+        extra = _tools_as_text(tools)
+
+        async def fits(messages: list[dict[str, Any]]) -> bool:
+            provider = self.provider_for(live)
+            if provider is None:
+                return True
+            model = live.settings.get("model") or provider.model
+            request = messages + extra
+            budget = await self.counter.budget(provider, estimate(request))
+            return await self.counter.count(model, request, budget.limit) <= budget.limit
+
+        return fits
+
     async def _llm_turn(
         self,
         live: LiveSession,
@@ -190,11 +213,22 @@ class LLMPath:
         on_chunk: ChunkSink | None,
         is_admin: bool,
         disabled: set[str],
-    ) -> Reply:
+    ) -> Reply | tuple[str, list[NewMessage]]:
+        """The answer and the messages to store with it, or a ``Reply`` that ends the
+        turn as it is (too long, no provider)."""
         persona = await self.personas.resolve(live.persona)
         context = {"session": live.key, "event": event.message_id}
         try:
-            messages, new = await self.fit(live, persona, text)
+            toolbox = None
+            schemas: list[dict[str, Any]] = []
+            if self.plugins is not None:
+                specs = self.plugins.tools(disabled, persona.tools)
+                if specs:
+                    toolbox = _ToolBox(
+                        self.plugins, specs, event, is_admin, self.cfg.agent.tool_timeout_s
+                    )
+                    schemas = toolbox.schemas()
+            messages, new = await self.fit(live, persona, text, tools=schemas)
             if self.plugins is not None:
                 req = await self._hooks(
                     "before_llm",
@@ -206,13 +240,6 @@ class LLMPath:
                 messages = list(req.get("messages") or messages)
                 if req.get("system_prompt") != persona.system_prompt and messages:
                     messages[0] = {"role": "system", "content": str(req["system_prompt"])}
-            toolbox = None
-            if self.plugins is not None:
-                specs = self.plugins.tools(disabled, persona.tools)
-                if specs:
-                    toolbox = _ToolBox(
-                        self.plugins, specs, event, is_admin, self.cfg.agent.tool_timeout_s
-                    )
             result = await run_agent(
                 self.chain,
                 messages,
@@ -220,6 +247,8 @@ class LLMPath:
                 on_chunk,
                 max_steps=self.cfg.agent.max_steps,
                 tool_timeout_s=self.cfg.agent.tool_timeout_s,
+                max_result_chars=self.cfg.agent.max_tool_result_chars,
+                fits=self._fits(live, schemas),
                 prefer=live.settings.get("provider"),
                 model=live.settings.get("model"),
                 context=context,
@@ -269,4 +298,9 @@ class LLMPath:
                 },
             ),
         ]
-        return await self._finish(live, event, answer, new, is_admin, disabled)
+        return answer, new
+
+
+def _tools_as_text(tools: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
+    """The tools' schemas as one pseudo-message, for counting what the model reads."""
+    return [{"role": "system", "content": json.dumps(tools)}] if tools else []

@@ -192,7 +192,11 @@ class TurnProcessor(LLMPath):
         if self.plugins is not None:
             for target in self.plugins.message_targets(event, disabled, is_admin):
                 outcome = await self.plugins.call(target, event, is_admin=is_admin)
-                if outcome.get("ok") is None and "ask" not in outcome and "error" not in outcome:
+                if "error" in outcome:
+                    # Nobody asked this handler for anything: its fault is logged and
+                    # counted (by the manager), not put on the user; the message goes on.
+                    continue
+                if outcome.get("ok") is None and "ask" not in outcome:
                     continue  # the handler let the message go on
                 return await self._plugin_answer(
                     live, event, target.plugin, outcome, is_admin, disabled
@@ -204,7 +208,11 @@ class TurnProcessor(LLMPath):
             return await self._commit(live, event, [], reply)
         if live.settings.get("llm") is False:
             return Reply(session_key=live.key, event_id=event.message_id, error="llm_off")
-        return await self._llm_turn(live, event, text, on_chunk, is_admin, disabled)
+        answered = await self._llm_turn(live, event, text, on_chunk, is_admin, disabled)
+        if isinstance(answered, Reply):
+            return answered  # refused or failed: nothing to decorate or commit
+        answer, new = answered
+        return await self._finish(live, event, answer, new, is_admin, disabled)
 
     def is_admin(self, event: Event, g: dict[str, Any]) -> bool:
         who = f"{event.platform_id}:{event.sender.id}"
@@ -351,20 +359,6 @@ class TurnProcessor(LLMPath):
             )
             task.add_done_callback(lambda t: t.cancelled() or t.exception())
         return reply
-
-    async def _hooks(
-        self, hook: str, payload: dict[str, Any], event: Event, is_admin: bool, disabled: set[str]
-    ) -> dict[str, Any]:
-        """Run a hook chain; a hook that fails is skipped (and logged by the manager)."""
-        assert self.plugins is not None
-        for target in self.plugins.hook_targets(hook, disabled):
-            out = await self.plugins.call(
-                Target(target.plugin, target.handler, "hook", payload), event, is_admin=is_admin
-            )
-            value = out.get("ok")
-            if isinstance(value, dict):
-                payload = value
-        return payload
 
     # -- commit (the LLM path is in llm.py) ----------------------------------------------
     async def _commit(

@@ -4,6 +4,7 @@ commands, in-process on a real SQLite store against the fake LLM."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import uuid
 from collections.abc import AsyncIterator
@@ -392,3 +393,44 @@ async def test_admin_list_commands(bot: Bot) -> None:
 async def test_a_failing_hook_does_not_break_the_turn(bot: Bot) -> None:
     reply = await bot.say(chat(), "hook-crash")
     assert reply.error is None and reply.text.startswith("echo: hook-crash")
+
+
+async def test_long_tool_results_are_cut_to_fit_the_window(
+    tmp_path: Path, fake_llm: FakeLLM
+) -> None:
+    import litellm
+
+    b = await make_bot(
+        tmp_path,
+        fake_llm,
+        ["greeter"],
+        chain_kw={"context_window": 1500},
+        agent={"reply_reserve_tokens": 100, "max_tool_result_chars": 6000},
+    )
+    try:
+        fake_llm.script.append(
+            Scripted(tool_calls=[{"name": "big_output", "arguments": {"size": 50_000}}])
+        )
+        reply = await b.say(chat(), "fetch the big thing")
+        assert reply.error is None
+        (tool_result,) = tool_messages(fake_llm.requests[-1])
+        assert "[cut:" in tool_result and len(tool_result) < 400
+        limit = min(int(1500 * 0.8), 1500 - 100)
+        for r in fake_llm.requests:
+            # What the model reads: the messages and the tools' schemas.
+            schemas = (
+                [{"role": "system", "content": json.dumps(r["tools"])}] if "tools" in r else []
+            )
+            read = litellm.token_counter(model="openai/primary", messages=r["messages"] + schemas)
+            assert read <= limit
+    finally:
+        await close(b)
+
+
+async def test_tool_results_are_capped_in_size(bot: Bot, fake_llm: FakeLLM) -> None:
+    fake_llm.script.append(
+        Scripted(tool_calls=[{"name": "big_output", "arguments": {"size": 50_000}}])
+    )
+    await bot.say(chat(), "fetch the big thing")
+    (tool_result,) = tool_messages(fake_llm.requests[-1])
+    assert len(tool_result) < 8100 and tool_result.endswith("[cut: 42000 more characters]")

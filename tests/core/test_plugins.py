@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from actors.services import RuntimeServices
 from astr_ray.config import Config, parse_config
 from astr_ray.errors import PluginError
 from astr_ray.message import ChatType, Event, Sender, Text
@@ -35,31 +36,16 @@ FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "plugins"
 ADMIN = "admin-1"
 
 
-class Services:
-    """The platform edge for in-process tests: sends are recorded as a platform would
-    deliver them; everything else is the real store and chain."""
+class Services(RuntimeServices):
+    """The runtime's services, with sends recorded as a platform would deliver them (no
+    adapter actor runs in these in-process tests)."""
 
-    def __init__(self, store: Store, chain: ProviderChain) -> None:
-        self.store, self.chain = store, chain
+    def __init__(self, cfg: Config, store: Store, chain: ProviderChain) -> None:
+        super().__init__(cfg, store, chain)
         self.sent: list[tuple[str, str]] = []
 
     async def send(self, session_key: str, text: str) -> None:
         self.sent.append((session_key, text))
-
-    async def ask_llm(self, messages: list[dict[str, Any]]) -> str:
-        return (await self.chain.complete(messages)).content
-
-    async def kv_get(self, plugin: str, key: str, default: Any = None) -> Any:
-        return await self.store.kv_get(plugin, key, default)
-
-    async def kv_set(self, plugin: str, key: str, value: Any) -> None:
-        await self.store.kv_set(plugin, key, value)
-
-    async def kv_delete(self, plugin: str, key: str) -> bool:
-        return await self.store.kv_delete(plugin, key)
-
-    async def kv_keys(self, plugin: str, prefix: str = "") -> list[str]:
-        return await self.store.kv_keys(plugin, prefix)
 
 
 @dataclass
@@ -133,7 +119,7 @@ async def make_bot(
     store = await Store.open(cfg.store_url)
     await store.migrate()
     chain = _chain(fake, **(chain_kw or {}))
-    services = Services(store, chain)
+    services = Services(cfg, store, chain)
     commands = builtin_commands()
     plugins = PluginManager(cfg, services, reserved=commands.names())
     await plugins.load_all()
@@ -482,3 +468,8 @@ async def test_an_installed_package_plugin_loads_through_its_entry_point(
     finally:
         await b.plugins.close()
         await b.store.close()
+
+
+async def test_a_failing_message_handler_does_not_take_the_message(bot: Bot) -> None:
+    reply = await bot.say(chat(), "please explode")
+    assert reply.error is None and reply.text.startswith("echo: please explode")
