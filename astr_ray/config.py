@@ -25,11 +25,14 @@ __all__ = [
     "AgentConfig",
     "Config",
     "DashboardConfig",
+    "McpConfig",
+    "McpServerConfig",
     "PersonaConfig",
     "PluginsConfig",
     "ProviderConfig",
     "RateLimitConfig",
     "RuntimeConfig",
+    "SandboxConfig",
     "SessionsConfig",
     "StoreConfig",
     "WebChatConfig",
@@ -125,6 +128,56 @@ class PluginsConfig(_Section):
     )
 
 
+class SandboxConfig(_Section):
+    """Where model-written code runs. ``auto`` picks the strongest backend available
+    (docker, then bwrap); ``subprocess`` is NOT isolated and must be chosen on purpose."""
+
+    backend: Literal["auto", "docker", "bwrap", "subprocess", "none"] = "auto"
+    executors: int = Field(default=2, ge=0, le=64, description="executor actors")
+    queue: int = Field(default=8, ge=1, description="runs waiting per executor before 'busy'")
+    timeout_s: float = Field(default=30.0, gt=0, le=3600)
+    memory_mb: int = Field(default=512, ge=16)
+    cpu_s: int = Field(default=30, ge=1, description="CPU seconds per run")
+    max_processes: int = Field(default=64, ge=1)
+    max_output_kb: int = Field(default=64, ge=1)
+    workspace_mb: int = Field(default=200, ge=1, description="per session")
+    network: bool = Field(default=False, description="let sandboxed code reach the network")
+    docker_image: str = "astr-ray-sandbox:latest"
+    docker_url: str | None = Field(default=None, description="default: the local socket")
+    idle_s: float = Field(default=600.0, gt=0, description="a warm container is removed after")
+    admin_only: bool = Field(default=True, description="code tools only for admins")
+
+
+class McpServerConfig(_Section):
+    name: str = Field(pattern=r"^[a-z][a-z0-9_-]{0,63}$")
+    transport: Literal["stdio", "sse", "http"]
+    command: str | None = Field(default=None, description="stdio: the executable (no shell)")
+    args: list[str] = Field(default_factory=list)
+    env: dict[str, SecretStr] = Field(default_factory=dict)
+    cwd: str | None = None
+    url: str | None = Field(default=None, description="sse / http: the endpoint")
+    headers: dict[str, SecretStr] = Field(default_factory=dict)
+    tool_timeout_s: float = Field(default=30.0, gt=0, le=3600)
+    enabled: bool = True
+
+    @model_validator(mode="after")
+    def _fits_transport(self) -> McpServerConfig:
+        if self.transport == "stdio" and not self.command:
+            raise ValueError("a stdio MCP server needs `command`")
+        if self.transport != "stdio" and not self.url:
+            raise ValueError(f"an {self.transport} MCP server needs `url`")
+        return self
+
+
+class McpConfig(_Section):
+    servers: list[McpServerConfig] = Field(default_factory=list)
+    allowed_commands: list[str] = Field(
+        default_factory=list,
+        description="executables a stdio MCP server may be started with (exact paths or "
+        "names); anything else is refused",
+    )
+
+
 class PersonaConfig(_Section):
     name: str = Field(min_length=1, max_length=128, pattern=r"^[\w.-]+$")
     system_prompt: str
@@ -203,6 +256,8 @@ class Config(_Section):
     agent: AgentConfig = Field(default_factory=AgentConfig)
     personas: list[PersonaConfig] = Field(default_factory=list)
     access: AccessConfig = Field(default_factory=AccessConfig)
+    sandbox: SandboxConfig = Field(default_factory=SandboxConfig)
+    mcp: McpConfig = Field(default_factory=McpConfig)
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
 
     @model_validator(mode="after")

@@ -16,7 +16,8 @@ boundaries of the system; control-flow signals are kept apart from failures::
     │   └── WrongShardError           the host does not own that shard at that epoch (re-route)
     ├── PlatformError                 a platform adapter failed (connect, send, payload)
     ├── PluginError                   a plugin failed to load or raised in a handler
-    └── SandboxError                  a code-execution backend failed
+    ├── SandboxError                  a code-execution backend failed or refused a run
+    └── McpError                      an MCP server could not be started, reached or used
 
     ControlSignal                     not failures: flow control inside the pipeline
     └── StopTurn                      end the current turn now (e.g. ``/stop``)
@@ -34,6 +35,7 @@ __all__ = [
     "ConfigError",
     "ControlSignal",
     "DuplicateEventError",
+    "McpError",
     "MessageFormatError",
     "PlatformError",
     "PluginError",
@@ -169,3 +171,8 @@ class ControlSignal(Exception):
 
 class StopTurn(ControlSignal):
     """End the current turn now."""
+
+
+class McpError(AstrRayError):
+    """An MCP server could not be started (e.g. a command outside the allow-list),
+    reached, or answered a tool call with an error."""
