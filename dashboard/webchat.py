@@ -128,6 +128,8 @@ def _reply_json(reply: Reply) -> dict[str, Any]:
         "session_key": reply.session_key,
         "message_id": reply.event_id,
         "text": reply.text,
+        # Images and files a tool handed back (data: URLs for the web chat).
+        "attachments": [c.model_dump(mode="json") for c in reply.components if c.type != "text"],
         "duplicate": reply.duplicate,
         "error": reply.error,
     }

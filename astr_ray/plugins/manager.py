@@ -31,8 +31,9 @@ from astr_ray.plugins.context import Services
 from astr_ray.plugins.loader import LoadFailure, PluginSource, discover, load, unload_modules
 from astr_ray.plugins.manifest import PluginManifest
 from astr_ray.plugins.runner import PluginRunner, match_groups
+from astr_ray.tools import Tool, ToolContext, ToolFailure
 
-__all__ = ["LocalHandle", "PluginHandle", "PluginManager", "Target"]
+__all__ = ["LocalHandle", "PluginHandle", "PluginManager", "PluginTools", "Target"]
 
 log = logging.getLogger(__name__)
 
@@ -447,3 +448,31 @@ def _applies(f: Filters, platform: str, chat_type: str, is_admin: bool) -> bool:
 
 def plugin_data_dir(cfg: Config, name: str) -> Path:
     return cfg.data_dir / "plugin_data" / name
+
+
+class PluginTools:
+    """The plugins' tools as a ``ToolSource`` (``astr_ray.tools``)."""
+
+    def __init__(self, manager: PluginManager, limit: float) -> None:
+        self.manager = manager
+        self.limit = limit
+
+    def tools(self, ctx: ToolContext) -> list[Tool]:
+        out: list[Tool] = []
+        for t in self.manager.tools(ctx.disabled, None):
+            hit = self.manager.tool_plugin(t.name)
+            if hit is not None:
+                out.append(Tool(t.name, t.description, t.parameters, f"plugin:{hit[0]}", t.id))
+        return out
+
+    async def call(self, tool: Tool, arguments: dict[str, Any], ctx: ToolContext) -> str:
+        plugin = tool.source.removeprefix("plugin:")
+        out = await self.manager.call(
+            Target(plugin, tool.ref, "tool", arguments),
+            ctx.event,
+            is_admin=ctx.is_admin,
+            limit=self.limit,
+        )
+        if "error" in out:
+            raise ToolFailure(out["message"])
+        return str(out.get("ok", ""))

@@ -23,6 +23,7 @@ from typing import Any, Protocol
 
 from astr_ray.providers.chain import ChainResult, ProviderChain
 from astr_ray.providers.transport import ToolCall
+from astr_ray.tools import ToolFailure
 
 __all__ = ["AgentResult", "ToolBox", "ToolFailure", "ToolRun", "run_agent"]
 
@@ -47,10 +48,6 @@ class ToolBox(Protocol):
     async def run(self, name: str, arguments: dict[str, Any]) -> str:
         """The tool's result as text; raises ``ToolFailure`` with a message for the model."""
         ...
-
-
-class ToolFailure(Exception):
-    pass
 
 
 @dataclass

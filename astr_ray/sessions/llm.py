@@ -14,13 +14,14 @@ from typing import TYPE_CHECKING, Any
 
 from astr_ray.config import Config, ProviderConfig
 from astr_ray.errors import ProviderUnavailableError
-from astr_ray.message import Event, Reply
+from astr_ray.message import Event, File, Image, Reply
 from astr_ray.plugins.manager import PluginManager, Target
 from astr_ray.providers.chain import ProviderChain
-from astr_ray.sessions.agent import ToolFailure, run_agent
+from astr_ray.sessions.agent import run_agent
 from astr_ray.sessions.personas import Personas
 from astr_ray.sessions.window import TokenCounter, estimate
 from astr_ray.store import NewMessage, Persona
+from astr_ray.tools import ToolBox, ToolContext, ToolSource
 
 if TYPE_CHECKING:
     from astr_ray.sessions.turn import LiveSession
@@ -41,45 +42,11 @@ class TooLong(Exception):
     """The request cannot fit the model's window even without history."""
 
 
-class _ToolBox:
-    def __init__(
-        self,
-        plugins: PluginManager,
-        specs: list[Any],
-        event: Event,
-        is_admin: bool,
-        timeout: float,
-    ) -> None:
-        self.plugins = plugins
-        self.specs = specs
-        self.names = {s.name for s in specs}
-        self.event = event
-        self.is_admin = is_admin
-        self.timeout = timeout
-
-    def schemas(self) -> list[dict[str, Any]]:
-        return [s.openai() for s in self.specs]
-
-    async def run(self, name: str, arguments: dict[str, Any]) -> str:
-        hit = self.plugins.tool_plugin(name) if name in self.names else None
-        if hit is None:
-            raise ToolFailure(f"there is no tool named {name!r}")
-        plugin, spec = hit
-        out = await self.plugins.call(
-            Target(plugin, spec.id, "tool", arguments),
-            self.event,
-            is_admin=self.is_admin,
-            limit=self.timeout,
-        )
-        if "error" in out:
-            raise ToolFailure(out["message"])
-        return str(out.get("ok", ""))
-
-
 class LLMPath:
     cfg: Config
     chain: ProviderChain
     plugins: PluginManager | None
+    tool_sources: list[ToolSource]
     personas: Personas
     counter: TokenCounter
     history_messages: int
@@ -213,21 +180,15 @@ class LLMPath:
         on_chunk: ChunkSink | None,
         is_admin: bool,
         disabled: set[str],
-    ) -> Reply | tuple[str, list[NewMessage]]:
-        """The answer and the messages to store with it, or a ``Reply`` that ends the
-        turn as it is (too long, no provider)."""
+    ) -> Reply | tuple[str, list[NewMessage], list[Image | File]]:
+        """The answer, the messages to store with it and what tools attached, or a
+        ``Reply`` that ends the turn as it is (too long, no provider)."""
         persona = await self.personas.resolve(live.persona)
         context = {"session": live.key, "event": event.message_id}
         try:
-            toolbox = None
-            schemas: list[dict[str, Any]] = []
-            if self.plugins is not None:
-                specs = self.plugins.tools(disabled, persona.tools)
-                if specs:
-                    toolbox = _ToolBox(
-                        self.plugins, specs, event, is_admin, self.cfg.agent.tool_timeout_s
-                    )
-                    schemas = toolbox.schemas()
+            tool_ctx = ToolContext(event, is_admin, disabled)
+            toolbox = ToolBox(self.tool_sources, tool_ctx, persona.tools)
+            schemas = toolbox.schemas()
             messages, new = await self.fit(live, persona, text, tools=schemas)
             if self.plugins is not None:
                 req = await self._hooks(
@@ -243,7 +204,7 @@ class LLMPath:
             result = await run_agent(
                 self.chain,
                 messages,
-                toolbox,
+                toolbox if toolbox else None,
                 on_chunk,
                 max_steps=self.cfg.agent.max_steps,
                 tool_timeout_s=self.cfg.agent.tool_timeout_s,
@@ -298,7 +259,7 @@ class LLMPath:
                 },
             ),
         ]
-        return answer, new
+        return answer, new, tool_ctx.attachments
 
 
 def _tools_as_text(tools: list[dict[str, Any]] | None) -> list[dict[str, Any]]:

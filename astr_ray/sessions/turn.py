@@ -22,7 +22,7 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,8 +32,8 @@ from astr_ray.errors import (
     DuplicateEventError,
     StoreError,
 )
-from astr_ray.message import Event, Reply
-from astr_ray.plugins.manager import PluginManager, Target
+from astr_ray.message import Event, File, Image, Reply, Text
+from astr_ray.plugins.manager import PluginManager, PluginTools, Target
 from astr_ray.providers.chain import ProviderChain
 from astr_ray.sessions.access import (
     GlobalSettings,
@@ -47,6 +47,7 @@ from astr_ray.sessions.llm import LLMPath
 from astr_ray.sessions.personas import Personas
 from astr_ray.sessions.window import TokenCounter
 from astr_ray.store import Activation, NewMessage, Store, StoredMessage, TurnRecord
+from astr_ray.tools import ToolSource
 
 __all__ = ["CommandContext", "DialogRef", "LiveSession", "TurnProcessor"]
 
@@ -109,6 +110,7 @@ class TurnProcessor(LLMPath):
         commands: CommandRegistry | None = None,
         plugins: PluginManager | None = None,
         broadcast_reload: Callable[[str | None], Awaitable[list[str]]] | None = None,
+        tool_sources: Sequence[ToolSource] = (),
     ) -> None:
         from astr_ray.sessions.builtins import builtin_commands
 
@@ -118,6 +120,11 @@ class TurnProcessor(LLMPath):
         self.commands = commands or builtin_commands()
         self.plugins = plugins
         self.broadcast_reload = broadcast_reload
+        # The agent's tools: the plugins' first, then the runtime's (sandbox, MCP).
+        self.tool_sources: list[ToolSource] = [
+            *([PluginTools(plugins, cfg.agent.tool_timeout_s)] if plugins is not None else []),
+            *tool_sources,
+        ]
         self.history_messages = 2 * cfg.sessions.history_turns
         self.globals = GlobalSettings(
             lambda: store.get_settings("global"),
@@ -211,8 +218,8 @@ class TurnProcessor(LLMPath):
         answered = await self._llm_turn(live, event, text, on_chunk, is_admin, disabled)
         if isinstance(answered, Reply):
             return answered  # refused or failed: nothing to decorate or commit
-        answer, new = answered
-        return await self._finish(live, event, answer, new, is_admin, disabled)
+        answer, new, attachments = answered
+        return await self._finish(live, event, answer, new, is_admin, disabled, attachments)
 
     def is_admin(self, event: Event, g: dict[str, Any]) -> bool:
         who = f"{event.platform_id}:{event.sender.id}"
@@ -344,6 +351,7 @@ class TurnProcessor(LLMPath):
         new: list[NewMessage],
         is_admin: bool,
         disabled: set[str],
+        attachments: Sequence[Image | File] = (),
         error: str | None = None,
     ) -> Reply:
         """Decorate, filter, commit, then tell the after_send hooks."""
@@ -351,7 +359,12 @@ class TurnProcessor(LLMPath):
             out = await self._hooks("decorate", {"text": text}, event, is_admin, disabled)
             text = str(out.get("text", text))
         text = censor(text, self.cfg.access.blocked_words)
-        reply = Reply.of_text(live.key, event.message_id, text, error=error)
+        reply = Reply(
+            session_key=live.key,
+            event_id=event.message_id,
+            components=(Text(text=text), *attachments),
+            error=error,
+        )
         reply = await self._commit(live, event, new, reply)
         if self.plugins is not None and self.plugins.hook_targets("after_send", disabled):
             task = asyncio.create_task(
