@@ -23,7 +23,7 @@ lint: $(STAMP)
 
 # Install, lint, type-check, then run the whole test suite with coverage.
 test: lint
-	$(PY) -m pytest --cov=astr_ray --cov=actors --cov=dashboard --cov-report=term:skip-covered
+	$(PY) -m pytest --cov=astr_ray --cov=actors --cov=dashboard --cov=sandbox --cov-report=term:skip-covered
 
 bench: $(STAMP)
 	$(PY) -m bench.webchat_throughput

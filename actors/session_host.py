@@ -36,7 +36,9 @@ from actors.common import (
     node_id,
     setup_logging,
 )
+from actors.mcp_tools import McpTools
 from actors.plugin_worker import remote_handle
+from actors.sandbox_tools import SandboxTools
 from actors.services import RuntimeServices, build_chain
 from astr_ray.config import Config, parse_config
 from astr_ray.errors import MessageFormatError
@@ -90,6 +92,9 @@ class SessionHost:
             metrics=self.metrics,
         )
         await self.plugins.load_all()
+        self.sandbox_tools = SandboxTools(self.cfg)
+        self.mcp_tools = McpTools(self.cfg)
+        await self._refresh_tools()
         self.processor = TurnProcessor(
             self.store,
             self.chain,
@@ -97,6 +102,7 @@ class SessionHost:
             commands,
             self.plugins,
             broadcast_reload=self._broadcast_reload,
+            tool_sources=[self.sandbox_tools, self.mcp_tools],
         )
         self.manager = SessionManager(self.processor, self.cfg.sessions, metrics=self.metrics)
         self._maint = asyncio.create_task(self._maintenance())
@@ -106,6 +112,12 @@ class SessionHost:
             self.cfg.sessions.shards,
             self.table.epoch if self.table else 0,
             len(self.plugins.handles),
+        )
+
+    async def _refresh_tools(self) -> None:
+        """The sandbox's availability and the MCP servers' tool lists (background)."""
+        await asyncio.gather(
+            self.sandbox_tools.refresh(), self.mcp_tools.refresh(), return_exceptions=True
         )
 
     async def _broadcast_reload(self, name: str | None) -> list[str]:
@@ -169,6 +181,8 @@ class SessionHost:
                     await slot.permits.maintain()
                 if self.plugins.pending and ticks % 4 == 0:
                     await self.plugins.retry_pending()
+                if ticks % 10 == 0:
+                    await self._refresh_tools()
             except Exception:
                 log.exception("maintenance pass failed")
 

@@ -4,6 +4,8 @@
      ├─ ShardDirectory
      ├─ ProviderPool x providers
      ├─ PluginWorker x isolated plugins ("plugin-<name>", own runtime_env)
+     ├─ SandboxExecutor x sandbox.executors ("sandbox-<i>")
+     ├─ McpClient x MCP servers ("mcp-<server>")
      ├─ SessionHost x sessions.hosts
      └─ WebChatAdapter
 
@@ -47,8 +49,10 @@ from actors.common import (
     setup_logging,
 )
 from actors.directory import ShardDirectory
+from actors.mcp_client import McpClient, mcp_name
 from actors.plugin_worker import PluginWorker, worker_name
 from actors.provider_pool import ProviderPool
+from actors.sandbox_executor import SandboxExecutor, executor_name
 from actors.session_host import SessionHost
 from actors.webchat import WebChatAdapter
 from astr_ray.config import Config, parse_config
@@ -131,6 +135,12 @@ class Supervisor:
             self._plugin_prints[src.name] = src.fingerprint()
             if src.manifest.isolated:
                 self._add(self._plugin_child(src))
+        if self.cfg.sandbox.backend != "none":
+            for i in range(self.cfg.sandbox.executors):
+                self._add(self._sandbox_child(i))
+        for server in self.cfg.mcp.servers:
+            if server.enabled:
+                self._add(self._mcp_child(server.name))
         for h in self.table.hosts:
             self._add(self._host_child(h))
         if self.cfg.webchat.enabled:
@@ -197,6 +207,20 @@ class Supervisor:
             meta=_plugin_meta(src),
         )
 
+    def _sandbox_child(self, index: int) -> Child:
+        name = executor_name(index)
+        opts = child_options(name, self.cfg.runtime.namespace, max_concurrency=1000)
+        cfg = self.transport
+        return Child(name, "sandbox", lambda: SandboxExecutor.options(**opts).remote(name, cfg))  # type: ignore[attr-defined]
+
+    def _mcp_child(self, server: str) -> Child:
+        name = mcp_name(server)
+        opts = child_options(
+            name, self.cfg.runtime.namespace, max_concurrency=1000, **self._control_placement
+        )
+        cfg = self.transport
+        return Child(name, "mcp", lambda: McpClient.options(**opts).remote(server, cfg))  # type: ignore[attr-defined]
+
     def _adapter_child(self) -> Child:
         opts = child_options(
             WEBCHAT, self.cfg.runtime.namespace, max_concurrency=100_000, **self._adapter_placement
@@ -217,7 +241,7 @@ class Supervisor:
     async def _call_start(self, child: Child) -> tuple[dict[str, Any], bool]:
         """Start the child; ``fresh`` is False when it was running already (re-attach)."""
         fresh = True
-        if child.kind in ("session_host", "adapter", "plugin"):
+        if child.kind in ("session_host", "adapter", "plugin", "sandbox", "mcp"):
             try:
                 await asyncio.wait_for(child.handle.start.remote(), 60)
             except RayActorError:
@@ -238,7 +262,7 @@ class Supervisor:
             if child.handle is None:
                 continue
             try:
-                if child.kind in ("session_host", "adapter", "plugin"):
+                if child.kind in ("session_host", "adapter", "plugin", "sandbox", "mcp"):
                     await asyncio.wait_for(child.handle.stop.remote(), 15)
             except Exception as exc:
                 log.warning("stopping %s: %s", child.name, exc)
@@ -473,7 +497,9 @@ class Supervisor:
             except Exception as exc:
                 return {"ok": False, "state": "failed", "error": _first_line(exc)}
         states = {name: c.state for name, c in self.children.items()}
-        core = [c.state for c in self.children.values() if c.kind != "plugin"]
+        # Plugins, sandboxes and MCP servers are shown, but a broken one must not make
+        # the bot itself look down.
+        core = [c.state for c in self.children.values() if c.kind not in OPTIONAL_KINDS]
         ok = self.lifecycle.state.value == "running" and all(s == "alive" for s in core)
         return {"ok": ok, "state": self.lifecycle.state.value, "actors": states}
 
@@ -613,6 +639,9 @@ class Supervisor:
                 out[name] = snap
         self._mirror.update(out["supervisor"])
         return out
+
+
+OPTIONAL_KINDS = frozenset({"plugin", "sandbox", "mcp"})
 
 
 def _plugin_meta(src: PluginSource) -> tuple[str, ...]:

@@ -50,7 +50,9 @@ def cmd_init(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_where(cfg: Config, ray_info: dict[str, Any] | None) -> None:
+def _print_where(
+    cfg: Config, ray_info: dict[str, Any] | None, status: dict[str, Any] | None = None
+) -> None:
     token = cfg.webchat.token.get_secret_value() if cfg.webchat.token else "(none)"
     base = f"http://{cfg.webchat.host}:{cfg.webchat.port}"
     print("astr-ray is up")
@@ -64,6 +66,22 @@ def _print_where(cfg: Config, ray_info: dict[str, Any] | None) -> None:
         "none configured: add one under `providers:` in the config"
     )
     print(f"  providers     {providers}")
+    sandbox = cfg.sandbox.backend
+    if sandbox != "none" and cfg.sandbox.executors:
+        found = next(
+            (
+                a.get("info") or {}
+                for a in (status or {}).get("actors", [])
+                if a["kind"] == "sandbox"
+            ),
+            {},
+        )
+        backend = found.get("backend")
+        print(
+            f"  code sandbox  {backend} (sandbox.backend: {sandbox})"
+            if backend
+            else f"  code sandbox  off: {found.get('unavailable') or 'starting'}"
+        )
     print("  chat          astr-ray chat")
 
 
@@ -87,7 +105,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
     sup = None
     try:
         sup, status = runtime.start_tree(cfg)
-        _print_where(cfg, info)
+        _print_where(cfg, info, status)
         _print_status(status, brief=True)
         print("Ctrl-C stops everything.", flush=True)
         while True:
@@ -117,7 +135,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     runtime.connect(args.address, cfg.runtime.namespace)
     _, status = runtime.start_tree(cfg)
-    _print_where(cfg, None)
+    _print_where(cfg, None, status)
     _print_status(status, brief=True)
     return 0
 
@@ -191,6 +209,24 @@ def _print_status(status: dict[str, Any], brief: bool = False) -> None:
             )
         elif a["kind"] == "adapter":
             detail = f"port={info.get('port')} messages={info.get('messages')}"
+        elif a["kind"] == "sandbox":
+            backend = info.get("backend")
+            detail = (
+                f"backend={backend} runs={info.get('runs', 0)} waiting={info.get('waiting', 0)}"
+                if backend
+                else f"OFF: {info.get('unavailable')}"
+            )
+        elif a["kind"] == "mcp":
+            detail = (
+                f"{info.get('transport')} connected={info.get('connected')} "
+                f"calls={info.get('calls', 0)}"
+            )
+            if not info.get("connected") and info.get("last_error"):
+                detail += f" last_error={info['last_error']}"
+        elif a["kind"] == "plugin":
+            detail = f"loaded={info.get('loaded')}" + (
+                f" error={info['error']}" if info.get("error") else ""
+            )
         if a.get("state") != "alive" and a.get("last_error"):
             detail = a["last_error"]
         node = short.get(a.get("node_id") or "", "-")

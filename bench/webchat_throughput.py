@@ -159,6 +159,7 @@ class Tree:
                     }
                 ],
                 "sessions": {"hosts": hosts, **(sessions or {})},
+                "sandbox": {"executors": 0},
                 "store": {"url": store_url},
                 "webchat": {"port": free_port(), "token": self.token},
                 "runtime": {"namespace": f"bench-{uuid.uuid4().hex[:6]}", **(runtime_opts or {})},

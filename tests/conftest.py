@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import socket
+import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -150,6 +151,7 @@ def runtime_config(tmp: Path, primary: FakeLLM, fallback: FakeLLM, **overrides: 
         ],
         "fallback": ["primary", "fallback"],
         "sessions": {"hosts": 2, "shards": 64, "idle_timeout_s": 4, "stream_flush_ms": 40},
+        "sandbox": {"executors": 0},  # trees that run code say so
         "webchat": {"port": free_port(), "token": "test-token-" + uuid.uuid4().hex},
         "runtime": {
             "namespace": "astr-test-" + uuid.uuid4().hex[:8],
@@ -165,6 +167,7 @@ def runtime_config(tmp: Path, primary: FakeLLM, fallback: FakeLLM, **overrides: 
     return parse_config(data)
 
 
+REPO_ROOT = Path(__file__).resolve().parent.parent
 FIXTURE_PLUGINS = Path(__file__).resolve().parent / "fixtures" / "plugins"
 RUNTIME_PLUGINS = ("greeter", "raiser", "sleeper", "isolated_box")
 RUNTIME_ADMIN = "runtime-admin"
@@ -240,6 +243,21 @@ def runtime(
         fake_fallback,
         plugins={"handler_timeout_s": 3, "ping_timeout_s": 2},
         access={"admins": [f"webchat:{RUNTIME_ADMIN}"]},
+        sandbox={"executors": 1, "backend": "bwrap", "timeout_s": 20},
+        mcp={
+            "allowed_commands": [sys.executable],
+            "servers": [
+                {
+                    "name": "tests",
+                    "transport": "stdio",
+                    "command": sys.executable,
+                    "args": ["-m", "tests.peers.mcp_server", "--transport", "stdio"],
+                    "cwd": str(REPO_ROOT),
+                    "tool_timeout_s": 5,
+                },
+                {"name": "forbidden", "transport": "stdio", "command": "/bin/sh"},
+            ],
+        },
     )
     sup, status = rt.start_tree(cfg, timeout=180)
     assert status["ok"], status
