@@ -29,6 +29,7 @@ bench: $(STAMP)
 	$(PY) -m bench.webchat_throughput
 	$(PY) -m bench.cluster
 	$(PY) -m bench.plugin_isolation
+	$(PY) -m bench.sandbox
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .coverage

@@ -162,3 +162,31 @@ async def test_a_stdio_command_outside_the_allow_list_is_refused(runtime: Runtim
     info = await eventually(refused, within=30)
     assert info["connected"] is False and "/bin/sh" in info["last_error"]
     assert (await runtime.status())["ok"], "a refused MCP server does not make the bot unhealthy"
+
+
+async def test_runs_beyond_the_queue_are_refused_not_piled_up(
+    ray_cluster: dict[str, Any], tmp_path: Any
+) -> None:
+    import ray
+
+    from actors.sandbox_executor import SandboxExecutor
+    from astr_ray.config import parse_config
+    from astr_ray.errors import SandboxError
+
+    cfg = parse_config(
+        {"data_dir": str(tmp_path), "sandbox": {"backend": "bwrap", "queue": 1}}
+    ).to_transport()
+    ex = SandboxExecutor.options(max_concurrency=100).remote("test-sandbox", cfg)  # type: ignore[attr-defined]
+    try:
+        await ex.start.remote()
+        runs = [
+            ex.run.remote(f"test:private:q{i}", ["/bin/sh", "-c", "sleep 1.5; echo done"])
+            for i in range(4)
+        ]
+        results = await asyncio.gather(*runs, return_exceptions=True)
+        done = [r for r in results if isinstance(r, dict)]
+        busy = [r for r in results if isinstance(r, SandboxError)]
+        assert len(done) == 3 and all(r["stdout"].strip() == "done" for r in done), results
+        assert len(busy) == 1 and "busy" in str(busy[0])
+    finally:
+        ray.kill(ex)
