@@ -18,12 +18,12 @@ import time
 from typing import Any
 
 import ray
-from astr_ray.mcp import McpConnection, keep_connected
 
 from actors.common import node_id, setup_logging
 from astr_ray.config import Config, McpServerConfig, parse_config
 from astr_ray.errors import McpError
 from astr_ray.lifecycle import Lifecycle
+from astr_ray.mcp import McpConnection, keep_connected
 
 log = logging.getLogger(__name__)
 
