@@ -17,8 +17,8 @@ dev: $(STAMP)
 	$(VENV)/bin/astr-ray dev
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check .
-	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff check --no-cache .
+	$(VENV)/bin/ruff format --no-cache --check .
 	$(VENV)/bin/mypy
 
 # Install, lint, type-check, then run the whole test suite with coverage.
