@@ -27,6 +27,7 @@ __all__ = [
     "DashboardConfig",
     "McpConfig",
     "McpServerConfig",
+    "OneBotConfig",
     "PersonaConfig",
     "PluginsConfig",
     "ProviderConfig",
@@ -35,6 +36,7 @@ __all__ = [
     "SandboxConfig",
     "SessionsConfig",
     "StoreConfig",
+    "WakeConfig",
     "WebChatConfig",
     "default_config_text",
     "load_config",
@@ -178,6 +180,46 @@ class McpConfig(_Section):
     )
 
 
+class WakeConfig(_Section):
+    """When the bot answers in a group: always in private chats; in groups when
+    mentioned, when replied to, or when the text starts with a prefix. Commands
+    (``/...``) always wake it."""
+
+    mention: bool = True
+    reply: bool = True
+    prefixes: list[str] = Field(default_factory=list, description='e.g. ["bot ", "!"]')
+
+
+class OneBotConfig(_Section):
+    """A QQ account through a OneBot v11 implementation (NapCat, Lagrange...)."""
+
+    id: str = Field(
+        min_length=1,
+        pattern=r"^[a-z][a-z0-9_-]{0,31}$",
+        description="the platform id in session keys and admin ids, e.g. qq",
+    )
+    type: Literal["onebot"] = "onebot"
+    mode: Literal["reverse", "forward"] = Field(
+        default="reverse",
+        description="reverse: the implementation connects to us; forward: we connect to it",
+    )
+    host: str = "127.0.0.1"
+    port: int = Field(default=6199, ge=0, le=65_535)
+    path: str = "/onebot/v11/ws"
+    url: str | None = Field(default=None, description="forward mode: ws://host:port/")
+    access_token: SecretStr | None = None
+    action_timeout_s: float = Field(default=30.0, gt=0)
+    reconnect_max_s: float = Field(default=30.0, gt=0)
+    wake: WakeConfig = Field(default_factory=WakeConfig)
+    enabled: bool = True
+
+    @model_validator(mode="after")
+    def _fits_mode(self) -> OneBotConfig:
+        if self.mode == "forward" and not self.url:
+            raise ValueError("forward mode needs `url` (the implementation's WebSocket)")
+        return self
+
+
 class PersonaConfig(_Section):
     name: str = Field(min_length=1, max_length=128, pattern=r"^[\w.-]+$")
     system_prompt: str
@@ -256,6 +298,7 @@ class Config(_Section):
     agent: AgentConfig = Field(default_factory=AgentConfig)
     personas: list[PersonaConfig] = Field(default_factory=list)
     access: AccessConfig = Field(default_factory=AccessConfig)
+    platforms: list[OneBotConfig] = Field(default_factory=list)
     sandbox: SandboxConfig = Field(default_factory=SandboxConfig)
     mcp: McpConfig = Field(default_factory=McpConfig)
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
@@ -271,6 +314,10 @@ class Config(_Section):
         for i, pid in enumerate(self.fallback):
             if pid not in seen:
                 raise _KeyError(f"fallback[{i}]", f"unknown provider id {pid!r}")
+        platform_ids = [p.id for p in self.platforms]
+        for i, pid in enumerate(platform_ids):
+            if pid in platform_ids[:i] or pid == "webchat":
+                raise _KeyError(f"platforms[{i}].id", f"platform id {pid!r} is taken")
         names = [p.name for p in self.personas]
         for i, name in enumerate(names):
             if name in names[:i]:
