@@ -7,6 +7,7 @@
      ├─ SandboxExecutor x sandbox.executors ("sandbox-<i>")
      ├─ McpClient x MCP servers ("mcp-<server>")
      ├─ SessionHost x sessions.hosts
+     ├─ OneBotAdapter x platforms ("adapter-<id>", QQ through OneBot v11)
      └─ WebChatAdapter
 
 Ray's ``max_restarts=-1`` is the first line: a killed child comes back by itself in
@@ -50,6 +51,7 @@ from actors.common import (
 )
 from actors.directory import ShardDirectory
 from actors.mcp_client import McpClient, mcp_name
+from actors.onebot_adapter import OneBotAdapter
 from actors.plugin_worker import PluginWorker, worker_name
 from actors.provider_pool import ProviderPool
 from actors.sandbox_executor import SandboxExecutor, executor_name
@@ -143,6 +145,9 @@ class Supervisor:
                 self._add(self._mcp_child(server.name))
         for h in self.table.hosts:
             self._add(self._host_child(h))
+        for platform in self.cfg.platforms:
+            if platform.enabled:
+                self._add(self._platform_child(platform.id))
         if self.cfg.webchat.enabled:
             self._add(self._adapter_child())
         # Start in order (directory and pools before the hosts that call them).
@@ -220,6 +225,18 @@ class Supervisor:
         )
         cfg = self.transport
         return Child(name, "mcp", lambda: McpClient.options(**opts).remote(server, cfg))  # type: ignore[attr-defined]
+
+    def _platform_child(self, platform_id: str) -> Child:
+        name = f"adapter-{platform_id}"
+        opts = child_options(
+            name, self.cfg.runtime.namespace, max_concurrency=100_000, **self._adapter_placement
+        )
+        cfg = self.transport
+        return Child(
+            name,
+            "adapter",
+            lambda: OneBotAdapter.options(**opts).remote(platform_id, cfg),  # type: ignore[attr-defined]
+        )
 
     def _adapter_child(self) -> Child:
         opts = child_options(

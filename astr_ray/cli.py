@@ -66,6 +66,13 @@ def _print_where(
         "none configured: add one under `providers:` in the config"
     )
     print(f"  providers     {providers}")
+    for p in cfg.platforms:
+        where = (
+            f"ws://{p.host}:{p.port}{p.path} (reverse: point NapCat/Lagrange here)"
+            if p.mode == "reverse"
+            else f"{p.url} (forward)"
+        )
+        print(f"  {p.id:13} OneBot v11 {where}")
     sandbox = cfg.sandbox.backend
     if sandbox != "none" and cfg.sandbox.executors:
         found = next(
@@ -206,6 +213,12 @@ def _print_status(status: dict[str, Any], brief: bool = False) -> None:
             detail = (
                 f"healthy={info.get('healthy')} in_use={info.get('in_use')} "
                 f"failures={info.get('failures')}"
+            )
+        elif a["kind"] == "adapter" and info.get("platform") == "onebot":
+            detail = (
+                f"onebot {info.get('mode')} port={info.get('port')} "
+                f"connected={info.get('connected')} reconnects={info.get('reconnects', 0)} "
+                f"events={info.get('events', 0)} replies={info.get('replies', 0)}"
             )
         elif a["kind"] == "adapter":
             detail = f"port={info.get('port')} messages={info.get('messages')}"

@@ -171,6 +171,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 FIXTURE_PLUGINS = Path(__file__).resolve().parent / "fixtures" / "plugins"
 RUNTIME_PLUGINS = ("greeter", "raiser", "sleeper", "isolated_box")
 RUNTIME_ADMIN = "runtime-admin"
+ONEBOT_TOKEN = "onebot-test-token"
 
 
 @dataclass
@@ -244,6 +245,7 @@ def runtime(
         plugins={"handler_timeout_s": 3, "ping_timeout_s": 2},
         access={"admins": [f"webchat:{RUNTIME_ADMIN}"]},
         sandbox={"executors": 1, "backend": "bwrap", "timeout_s": 20},
+        platforms=[{"id": "qq", "port": free_port(), "access_token": ONEBOT_TOKEN}],
         mcp={
             "allowed_commands": [sys.executable],
             "servers": [

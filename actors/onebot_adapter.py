@@ -1,0 +1,104 @@
+"""OneBotAdapter actor: one QQ account (OneBot v11) bridged to the session hosts.
+
+    NapCat / Lagrange ══WS══ OneBotBridge (astr_ray.platforms.onebot) ─► HostRouter ─► hosts
+                                    ◄── send_msg (the reply) ─────────────┘
+
+The bridge holds the WebSocket (we are the server in reverse mode, the client in
+forward mode), turns events into ``Event``s under the group wake rules, and sends each
+reply back. This shell only routes: each woken message goes to the session host that
+owns it, and the host's return value is the reply. The OneBot message id is the
+idempotency key, so a message the implementation delivers again after a reconnect is
+answered once. Placed with the ``adapters`` resource (the node with the network route);
+Ray restarts it, and the implementation reconnects.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Any
+
+import ray
+
+from actors.common import RayMetricsMirror, node_id, setup_logging
+from actors.router import HostRouter
+from astr_ray.config import Config, OneBotConfig, parse_config
+from astr_ray.errors import PlatformError
+from astr_ray.lifecycle import Lifecycle
+from astr_ray.message import Event, Reply
+from astr_ray.metrics import Metrics, Snapshot
+from astr_ray.platforms.onebot import OneBotBridge
+
+log = logging.getLogger(__name__)
+
+
+@ray.remote
+class OneBotAdapter:
+    def __init__(self, platform_id: str, config: dict[str, Any]) -> None:
+        self.name = f"adapter-{platform_id}"
+        setup_logging(self.name)
+        self.cfg: Config = parse_config(config)
+        found = [p for p in self.cfg.platforms if p.id == platform_id]
+        if not found:
+            raise PlatformError(f"no platform {platform_id!r} in the config")
+        self.platform: OneBotConfig = found[0]
+        self.lifecycle = Lifecycle(self.name, self._on_start, self._on_stop)
+        self.metrics = Metrics()
+        self._mirror = RayMetricsMirror(self.name)
+        self.started_at = time.time()
+
+    async def start(self) -> dict[str, Any]:
+        await self.lifecycle.start()
+        return await self.ping()
+
+    async def _on_start(self) -> None:
+        sess = self.cfg.sessions
+        self.router = HostRouter(
+            self.cfg.runtime.namespace,
+            window_ms=sess.batch_window_ms,
+            hold_ms=sess.batch_hold_ms,
+            deadline_s=max(60.0, sess.turn_timeout_s),
+        )
+        self.bridge = OneBotBridge(self.platform, self._on_message)
+        await self.bridge.start()
+        log.info("OneBot v11 account %s (%s mode) up", self.platform.id, self.platform.mode)
+
+    async def _on_message(self, event: Event) -> Reply | None:
+        self.metrics.messages.labels(self.platform.id, "in").inc()
+        reply = await self.router.send(event)
+        if reply.text or len(reply.components) > 1:
+            self.metrics.messages.labels(self.platform.id, "out").inc()
+        return reply
+
+    async def _on_stop(self) -> None:
+        await self.bridge.stop()
+
+    async def stop(self) -> None:
+        await self.lifecycle.stop()
+
+    async def push(self, session_key: str, text: str) -> None:
+        """A message the bot sends on its own (a plugin's ``ctx.send``)."""
+        await self.lifecycle.ensure_started()
+        await self.bridge.push(session_key, text)
+        self.metrics.messages.labels(self.platform.id, "out").inc()
+
+    async def ping(self) -> dict[str, Any]:
+        if self.lifecycle.state.value == "new":
+            await self.lifecycle.ensure_started()  # Ray restarted this process
+        info: dict[str, Any] = {
+            "pid": os.getpid(),
+            "node_id": node_id(),
+            "state": self.lifecycle.state.value,
+            "platform": "onebot",
+            "mode": self.platform.mode,
+            "started_at": self.started_at,
+        }
+        if hasattr(self, "bridge"):
+            info.update(self.bridge.stats())
+            info["port"] = getattr(self.bridge, "port", None)
+        return info
+
+    def metrics_snapshot(self) -> Snapshot:
+        self._mirror.update(self.metrics.snapshot())
+        return self.metrics.snapshot()
