@@ -41,12 +41,16 @@ from bench.webchat_throughput import (
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 SELF_ID = 10001
+# Message ids are the idempotency key: never reuse one across runs (a message seen
+# before gets its stored reply, which is not sent twice).
+_IDS = itertools.count(int(time.time() * 1000) % 10**9)
 
 
 async def onebot_loop(url: str, token: str, users: int, messages: int) -> tuple[float, list[float]]:
     """The simulated implementation: one WebSocket, ``users`` closed-loop users."""
     waiting: dict[int, asyncio.Future[float]] = {}
-    ids = itertools.count(1)
+    ids = _IDS
+    base = next(_IDS) * 1000
     lat: list[float] = []
     headers = {
         "X-Self-ID": str(SELF_ID),
@@ -84,7 +88,7 @@ async def onebot_loop(url: str, token: str, users: int, messages: int) -> tuple[
         reading = asyncio.create_task(reader())
 
         async def user(u: int) -> None:
-            uid = 20_000_000 + u
+            uid = base + u
             for j in range(messages):
                 fut: asyncio.Future[float] = asyncio.get_running_loop().create_future()
                 waiting[uid] = fut
@@ -142,6 +146,13 @@ async def amain(args: argparse.Namespace) -> None:
         report("astr-ray over OneBot v11 (reverse WS)", wall, lat, 0.0)
         wall, lat, _ = await closed_loop(tree.url, users, messages, tree.headers, chat_body)
         report("astr-ray over the web chat (HTTP)", wall, lat, 0.0)
+        print("overhead at one user (200 messages, one at a time):")
+        wall, lat, _ = await closed_loop(
+            fake.base_url + "/chat/completions", 1, 200, headers, baseline_body
+        )
+        report("baseline: fake LLM directly", wall, lat, 0.0)
+        wall, lat = await onebot_loop(f"ws://127.0.0.1:{port}/onebot/v11/ws", token, 1, 200)
+        report("astr-ray over OneBot v11 (reverse WS)", wall, lat, 0.0)
     finally:
         tree.stop()
         fake.stop()
