@@ -30,6 +30,7 @@ bench: $(STAMP)
 	$(PY) -m bench.cluster
 	$(PY) -m bench.plugin_isolation
 	$(PY) -m bench.sandbox
+	$(PY) -m bench.onebot_throughput
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .coverage
