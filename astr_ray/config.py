@@ -529,6 +529,31 @@ access:
     mode: reply              # reply ("slow down") | queue (wait)
   blocked_words: []
 
+platforms: []               # chat platforms besides the web chat
+#  - id: qq                             # example: QQ through NapCat/Lagrange (OneBot v11)
+#    mode: reverse                      # they connect to ws://host:port/onebot/v11/ws
+#    host: 127.0.0.1
+#    port: 6199
+#    access_token: ${ONEBOT_TOKEN}
+#    wake: {mention: true, reply: true, prefixes: []}
+
+sandbox:                     # where model-written code runs (run_python, run_shell...)
+  backend: auto              # auto (docker, else bwrap) | docker | bwrap | none |
+                             # subprocess (NOT isolated: only on purpose)
+  executors: 2
+  timeout_s: 30
+  memory_mb: 512
+  network: false
+  admin_only: true
+
+mcp:
+  allowed_commands: []       # executables stdio MCP servers may be started with
+  servers: []
+#  - name: files                        # example
+#    transport: stdio                   # stdio | sse | http
+#    command: /usr/bin/npx
+#    args: ["-y", "@modelcontextprotocol/server-filesystem", "/srv/shared"]
+
 runtime:
   namespace: astr-ray
   placement: auto            # resources | any | auto (use custom resources if present)
