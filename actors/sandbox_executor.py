@@ -117,8 +117,9 @@ class SandboxExecutor:
                 self.waiting -= 1
                 queued = False
                 ws = self._workspace(session)
+                workspace = await asyncio.to_thread(lambda: ws.path)  # created on first use
                 result = await backend.run(
-                    ws.path,
+                    workspace,
                     argv,
                     stdin=stdin,
                     limits=Limits.from_config(self.cfg.sandbox),
@@ -134,22 +135,23 @@ class SandboxExecutor:
 
     async def read_file(self, session: str, path: str, max_bytes: int = 64 * 1024) -> str:
         await self.lifecycle.ensure_started()
-        return self._workspace(session).read_text(path, max_bytes)
+        # Workspace access is plain file I/O: off the loop, so runs keep being served.
+        return await asyncio.to_thread(self._workspace(session).read_text, path, max_bytes)
 
     async def write_file(self, session: str, path: str, text: str) -> int:
         await self.lifecycle.ensure_started()
-        self._workspace(session).write_text(path, text)
+        await asyncio.to_thread(self._workspace(session).write_text, path, text)
         return len(text.encode())
 
     async def list_files(self, session: str, path: str = ".") -> list[dict[str, Any]]:
         await self.lifecycle.ensure_started()
-        return self._workspace(session).list(path)
+        return await asyncio.to_thread(self._workspace(session).list, path)
 
     async def attachment(self, session: str, path: str) -> dict[str, Any]:
         """A workspace file as a chat attachment: its name, type and a data: URL."""
         await self.lifecycle.ensure_started()
         ws = self._workspace(session)
-        data = ws.read_bytes(path, ATTACHMENT_LIMIT + 1)
+        data = await asyncio.to_thread(ws.read_bytes, path, ATTACHMENT_LIMIT + 1)
         if len(data) > ATTACHMENT_LIMIT:
             raise SandboxError(f"{path} is larger than {ATTACHMENT_LIMIT // (1024 * 1024)} MiB")
         mime = mimetypes.guess_type(path)[0] or "application/octet-stream"
