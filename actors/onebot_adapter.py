@@ -53,13 +53,7 @@ class OneBotAdapter:
         return await self.ping()
 
     async def _on_start(self) -> None:
-        sess = self.cfg.sessions
-        self.router = HostRouter(
-            self.cfg.runtime.namespace,
-            window_ms=sess.batch_window_ms,
-            hold_ms=sess.batch_hold_ms,
-            deadline_s=max(60.0, sess.turn_timeout_s),
-        )
+        self.router = HostRouter.for_config(self.cfg)
         self.bridge = OneBotBridge(self.platform, self._on_message)
         await self.bridge.start()
         log.info("OneBot v11 account %s (%s mode) up", self.platform.id, self.platform.mode)

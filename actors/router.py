@@ -26,6 +26,7 @@ from typing import Any
 from ray.exceptions import RayActorError
 
 from actors.common import DIRECTORY, get_actor
+from astr_ray.config import Config
 from astr_ray.errors import MessageFormatError
 from astr_ray.message import Event, Reply
 from astr_ray.sessions.shards import ShardTable
@@ -71,6 +72,17 @@ class HostRouter:
         self._inflight: set[asyncio.Future[None]] = set()  # keep batch tasks referenced
         self.batches = 0
         self.retries = 0
+
+    @classmethod
+    def for_config(cls, cfg: Config) -> HostRouter:
+        """An adapter's router, with the batching and retry settings of ``sessions``."""
+        sess = cfg.sessions
+        return cls(
+            cfg.runtime.namespace,
+            window_ms=sess.batch_window_ms,
+            hold_ms=sess.batch_hold_ms,
+            deadline_s=max(60.0, sess.turn_timeout_s),
+        )
 
     async def refresh(self) -> None:
         """Fetch the shard table; concurrent callers share one fetch."""

@@ -47,13 +47,7 @@ class WebChatAdapter:
         return await self.ping()
 
     async def _on_start(self) -> None:
-        sess = self.cfg.sessions
-        self.router = HostRouter(
-            self.cfg.runtime.namespace,
-            window_ms=sess.batch_window_ms,
-            hold_ms=sess.batch_hold_ms,
-            deadline_s=max(60.0, sess.turn_timeout_s),
-        )
+        self.router = HostRouter.for_config(self.cfg)
         token = self.cfg.webchat.token.get_secret_value() if self.cfg.webchat.token else ""
         app = create_app(self, token, max_chars=self.cfg.webchat.max_message_chars)
         config = uvicorn.Config(

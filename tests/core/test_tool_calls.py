@@ -10,18 +10,13 @@ from typing import Any
 
 import pytest
 
-from astr_ray.config import ProviderConfig
 from astr_ray.errors import ProviderError, ProviderUnavailableError
 from astr_ray.providers import (
     ChainResult,
-    PermitCache,
-    PermitLedger,
     ProviderChain,
-    ProviderSlot,
     ToolCall,
-    make_transport,
 )
-from astr_ray.providers.permits import Grant, Outcomes
+from tests.core.test_chain import _slot
 from tests.peers.openai_server import FakeLLM, Scripted
 
 # litellm 1.106 builds its pydantic `Message` model lazily, and pydantic warns there
@@ -54,26 +49,6 @@ TWO_CALLS = [
     {"name": "get_weather", "arguments": {"city": "Paris"}},
     {"name": "now", "arguments": "{}"},
 ]
-
-
-def _slot(fake: FakeLLM, pid: str, transport: str, **kw: Any) -> ProviderSlot:
-    cfg = ProviderConfig(
-        id=pid,
-        model=f"openai/{pid}",
-        api_base=fake.base_url,
-        api_key="sk-test",
-        transport=transport,
-        backoff_s=0.01,
-        **kw,
-    )
-    ledger = PermitLedger(
-        cfg.max_concurrency, cfg.requests_per_minute, cfg.failure_threshold, cfg.cooldown_s
-    )
-
-    async def fetch(want: int, release: int, outcomes: Outcomes) -> Grant:
-        return ledger.acquire("test", want, release, outcomes)
-
-    return ProviderSlot(cfg, make_transport(cfg), PermitCache(pid, fetch))
 
 
 @pytest.fixture(params=["native", "litellm"])
