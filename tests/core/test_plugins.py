@@ -473,3 +473,27 @@ async def test_an_installed_package_plugin_loads_through_its_entry_point(
 async def test_a_failing_message_handler_does_not_take_the_message(bot: Bot) -> None:
     reply = await bot.say(chat(), "please explode")
     assert reply.error is None and reply.text.startswith("echo: please explode")
+
+
+async def test_lifecycle_and_pipeline_hooks(tmp_path: Path, fake_llm: FakeLLM) -> None:
+    b = await make_bot(tmp_path, fake_llm, ["hooked"])
+    try:
+        assert await b.store.kv_get("hooked", "loaded") == 1
+        reply = await b.say(chat(), "hello hooks")
+        system = fake_llm.requests[-1]["messages"][0]["content"]
+        assert system == "You are a helpful assistant. Always be brief.", "before_llm"
+
+        async def recorded() -> Any:
+            return await b.store.kv_get("hooked", "last_sent")
+
+        for _ in range(50):  # after_send runs after the reply has left
+            if await recorded() == reply.text:
+                break
+            await asyncio.sleep(0.05)
+        assert await recorded() == reply.text, "after_send saw the reply"
+        assert await b.plugins.reload("hooked") == ["hooked"]
+        assert await b.store.kv_get("hooked", "unloaded") == 1
+        assert await b.store.kv_get("hooked", "loaded") == 2
+    finally:
+        await b.plugins.close()
+        await b.store.close()
