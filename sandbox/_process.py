@@ -197,10 +197,24 @@ async def run_process(
     rc = proc.returncode
     assert rc is not None
     code = 128 - rc if rc < 0 else rc
+    oom = oom_check() if killed is None and oom_check is not None else False
+    return make_result(code, killed, cap, limits, duration, oom=oom)
+
+
+def make_result(
+    code: int | None,
+    killed: KillReason | None,
+    cap: OutputCap,
+    limits: Limits,
+    duration: float,
+    *,
+    oom: bool = False,
+) -> RunResult:
+    """The result of a run: killed by us (time-out, output), else the exit code read
+    for a kill we did not do ourselves (memory, CPU time), with its note."""
     we_killed = killed is not None
     note = kill_note(killed, limits)
-    if not we_killed:
-        oom = oom_check() if oom_check is not None else False
+    if not we_killed and code is not None:
         killed, note = classify(code, bytes(cap.kept["stderr"]), limits, oom=oom)
     return RunResult(
         exit_code=None if we_killed else code,

@@ -37,7 +37,7 @@ from typing import Any
 
 from astr_ray.config import SandboxConfig
 from astr_ray.errors import SandboxError
-from sandbox._process import OutputCap, classify, kill_note
+from sandbox._process import OutputCap, make_result
 from sandbox.base import KillReason, Limits, RunResult
 from sandbox.workspace import scrub
 
@@ -351,21 +351,7 @@ class DockerBackend:
             finally:
                 warm.last_used = time.monotonic()
                 await asyncio.to_thread(scrub, workspace)
-        duration = time.monotonic() - started
-        we_killed = killed is not None
-        note = kill_note(killed, limits)
-        if not we_killed and code is not None:
-            killed, note = classify(code, bytes(cap.kept["stderr"]), limits, oom=oom)
-        return RunResult(
-            exit_code=None if we_killed else code,
-            stdout=cap.text("stdout"),
-            stderr=cap.text("stderr"),
-            timed_out=killed == "timeout",
-            killed=killed,
-            duration_s=duration,
-            truncated=cap.truncated,
-            note=note,
-        )
+        return make_result(code, killed, cap, limits, time.monotonic() - started, oom=oom)
 
     async def reap_idle(self) -> int:
         """Remove the warm containers unused for ``idle_s``; returns how many."""

@@ -133,16 +133,6 @@ class ToolSpec:
     description: str
     parameters: dict[str, Any]
 
-    def openai(self) -> dict[str, Any]:
-        return {
-            "type": "function",
-            "function": {
-                "name": self.name,
-                "description": self.description,
-                "parameters": self.parameters,
-            },
-        }
-
 
 @dataclass(frozen=True)
 class HookSpec:
