@@ -7,7 +7,7 @@
      ├─ SandboxExecutor x sandbox.executors ("sandbox-<i>")
      ├─ McpClient x MCP servers ("mcp-<server>")
      ├─ SessionHost x sessions.hosts
-     ├─ OneBotAdapter x platforms ("adapter-<id>", QQ through OneBot v11)
+     ├─ PlatformAdapter x platforms ("adapter-<id>": QQ, Telegram, Discord, Slack)
      └─ WebChatAdapter
 
 Ray's ``max_restarts=-1`` is the first line: a killed child comes back by itself in
@@ -51,7 +51,7 @@ from actors.common import (
 )
 from actors.directory import ShardDirectory
 from actors.mcp_client import McpClient, mcp_name
-from actors.onebot_adapter import OneBotAdapter
+from actors.platform_adapter import PlatformAdapter
 from actors.plugin_worker import PluginWorker, worker_name
 from actors.provider_pool import ProviderPool
 from actors.sandbox_executor import SandboxExecutor, executor_name
@@ -235,7 +235,7 @@ class Supervisor:
         return Child(
             name,
             "adapter",
-            lambda: OneBotAdapter.options(**opts).remote(platform_id, cfg),  # type: ignore[attr-defined]
+            lambda: PlatformAdapter.options(**opts).remote(platform_id, cfg),  # type: ignore[attr-defined]
         )
 
     def _adapter_child(self) -> Child:

@@ -67,12 +67,7 @@ def _print_where(
     )
     print(f"  providers     {providers}")
     for p in cfg.platforms:
-        where = (
-            f"ws://{p.host}:{p.port}{p.path} (reverse: point NapCat/Lagrange here)"
-            if p.mode == "reverse"
-            else f"{p.url} (forward)"
-        )
-        print(f"  {p.id:13} OneBot v11 {where}")
+        print(f"  {p.id:13} {p.describe()}" + ("" if p.enabled else " (disabled)"))
     sandbox = cfg.sandbox.backend
     if sandbox != "none" and cfg.sandbox.executors:
         found = next(

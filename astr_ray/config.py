@@ -12,10 +12,19 @@ import os
 import re
 import secrets
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    SecretStr,
+    Tag,
+    ValidationError,
+    model_validator,
+)
 
 from astr_ray.errors import ConfigError
 
@@ -25,17 +34,21 @@ __all__ = [
     "AgentConfig",
     "Config",
     "DashboardConfig",
+    "DiscordConfig",
     "McpConfig",
     "McpServerConfig",
     "OneBotConfig",
     "PersonaConfig",
+    "PlatformConfig",
     "PluginsConfig",
     "ProviderConfig",
     "RateLimitConfig",
     "RuntimeConfig",
     "SandboxConfig",
     "SessionsConfig",
+    "SlackConfig",
     "StoreConfig",
+    "TelegramConfig",
     "WakeConfig",
     "WebChatConfig",
     "default_config_text",
@@ -190,14 +203,33 @@ class WakeConfig(_Section):
     prefixes: list[str] = Field(default_factory=list, description='e.g. ["bot ", "!"]')
 
 
-class OneBotConfig(_Section):
+_PLATFORM_ID = Field(
+    min_length=1,
+    pattern=r"^[a-z][a-z0-9_-]{0,31}$",
+    description="the platform id in session keys and admin ids, e.g. qq",
+)
+
+
+class _PlatformBase(_Section):
+    """What every chat account has: an id, wake rules, reconnect backoff, streaming."""
+
+    id: str = _PLATFORM_ID
+    enabled: bool = True
+    wake: WakeConfig = Field(default_factory=WakeConfig)
+    reconnect_max_s: float = Field(default=30.0, gt=0, description="backoff cap")
+    action_timeout_s: float = Field(default=30.0, gt=0, description="one platform call")
+
+
+class _Streaming(_Section):
+    stream: bool = Field(default=True, description="stream answers by editing the message")
+    stream_interval_s: float = Field(
+        default=1.0, ge=0.2, description="at most one edit per this many seconds"
+    )
+
+
+class OneBotConfig(_PlatformBase):
     """A QQ account through a OneBot v11 implementation (NapCat, Lagrange...)."""
 
-    id: str = Field(
-        min_length=1,
-        pattern=r"^[a-z][a-z0-9_-]{0,31}$",
-        description="the platform id in session keys and admin ids, e.g. qq",
-    )
     type: Literal["onebot"] = "onebot"
     mode: Literal["reverse", "forward"] = Field(
         default="reverse",
@@ -208,16 +240,120 @@ class OneBotConfig(_Section):
     path: str = "/onebot/v11/ws"
     url: str | None = Field(default=None, description="forward mode: ws://host:port/")
     access_token: SecretStr | None = None
-    action_timeout_s: float = Field(default=30.0, gt=0)
-    reconnect_max_s: float = Field(default=30.0, gt=0)
-    wake: WakeConfig = Field(default_factory=WakeConfig)
-    enabled: bool = True
 
     @model_validator(mode="after")
     def _fits_mode(self) -> OneBotConfig:
         if self.mode == "forward" and not self.url:
             raise ValueError("forward mode needs `url` (the implementation's WebSocket)")
         return self
+
+    def describe(self) -> str:
+        """One line for the start banner: where this account connects."""
+        if self.mode == "reverse":
+            where = f"ws://{self.host}:{self.port}{self.path} (reverse: point NapCat/Lagrange here)"
+        else:
+            where = f"{self.url} (forward)"
+        return f"OneBot v11 {where}"
+
+
+class TelegramConfig(_PlatformBase, _Streaming):
+    """A Telegram bot (python-telegram-bot): long polling, or a webhook we serve."""
+
+    type: Literal["telegram"]
+    token: SecretStr = Field(description="the bot token from @BotFather")
+    mode: Literal["polling", "webhook"] = "polling"
+    api_base: str = Field(
+        default="https://api.telegram.org/bot", description="Bot API base (a local server)"
+    )
+    file_base: str = Field(
+        default="https://api.telegram.org/file/bot", description="file download base"
+    )
+    poll_timeout_s: int = Field(default=30, ge=0, le=50, description="getUpdates long poll")
+    host: str = Field(default="127.0.0.1", description="webhook mode: where we listen")
+    port: int = Field(default=8443, ge=0, le=65_535)
+    path: str = "/telegram/webhook"
+    public_url: str | None = Field(
+        default=None, description="webhook mode: the https URL Telegram posts to"
+    )
+    secret_token: SecretStr | None = Field(
+        default=None, description="webhook mode: checked on every update"
+    )
+
+    @model_validator(mode="after")
+    def _fits_mode(self) -> TelegramConfig:
+        if self.mode == "webhook":
+            if not self.public_url:
+                raise ValueError("webhook mode needs `public_url` (what Telegram posts to)")
+            if self.secret_token is None or not self.secret_token.get_secret_value():
+                raise ValueError("webhook mode needs `secret_token` (checked on every update)")
+        return self
+
+    def describe(self) -> str:
+        if self.mode == "webhook":
+            return f"Telegram webhook {self.public_url} -> {self.host}:{self.port}{self.path}"
+        return "Telegram long polling"
+
+
+class DiscordConfig(_PlatformBase, _Streaming):
+    """A Discord bot (discord.py) over the gateway. Needs the message content intent."""
+
+    type: Literal["discord"]
+    token: SecretStr = Field(description="the bot token")
+    api_base: str | None = Field(
+        default=None, description="REST base, e.g. http://127.0.0.1:8080/api/v10; null = Discord"
+    )
+
+    def describe(self) -> str:
+        return "Discord gateway"
+
+
+class SlackConfig(_PlatformBase, _Streaming):
+    """A Slack app (slack-sdk): Socket Mode, or the Events API over HTTP."""
+
+    type: Literal["slack"]
+    mode: Literal["socket", "events"] = "socket"
+    bot_token: SecretStr = Field(description="xoxb-... (Web API calls)")
+    app_token: SecretStr | None = Field(default=None, description="socket mode: xapp-...")
+    signing_secret: SecretStr | None = Field(
+        default=None, description="events mode: verifies each request"
+    )
+    api_base: str = "https://slack.com/api/"
+    host: str = Field(default="127.0.0.1", description="events mode: where we listen")
+    port: int = Field(default=3000, ge=0, le=65_535)
+    path: str = "/slack/events"
+
+    @model_validator(mode="after")
+    def _fits_mode(self) -> SlackConfig:
+        if self.mode == "socket" and not self.app_token:
+            raise ValueError("socket mode needs `app_token` (xapp-...)")
+        if self.mode == "events" and not self.signing_secret:
+            raise ValueError("events mode needs `signing_secret`")
+        return self
+
+    def describe(self) -> str:
+        if self.mode == "events":
+            return f"Slack Events API at http://{self.host}:{self.port}{self.path}"
+        return "Slack Socket Mode"
+
+
+def _platform_type(value: Any) -> str:
+    if isinstance(value, dict):
+        return str(value.get("type", "onebot"))
+    return str(getattr(value, "type", "onebot"))
+
+
+PlatformConfig = Annotated[
+    Annotated[OneBotConfig, Tag("onebot")]
+    | Annotated[TelegramConfig, Tag("telegram")]
+    | Annotated[DiscordConfig, Tag("discord")]
+    | Annotated[SlackConfig, Tag("slack")],
+    Discriminator(
+        _platform_type,
+        custom_error_type="platform_type",
+        custom_error_message="type must be onebot, telegram, discord or slack",
+    ),
+]
+"""One chat account; ``type`` picks the platform (onebot when left out)."""
 
 
 class PersonaConfig(_Section):
@@ -298,7 +434,7 @@ class Config(_Section):
     agent: AgentConfig = Field(default_factory=AgentConfig)
     personas: list[PersonaConfig] = Field(default_factory=list)
     access: AccessConfig = Field(default_factory=AccessConfig)
-    platforms: list[OneBotConfig] = Field(default_factory=list)
+    platforms: list[PlatformConfig] = Field(default_factory=list)
     sandbox: SandboxConfig = Field(default_factory=SandboxConfig)
     mcp: McpConfig = Field(default_factory=McpConfig)
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
@@ -393,9 +529,14 @@ def _expand_env(value: Any, path: str) -> Any:
     return value
 
 
+_PLATFORM_TAGS = frozenset({"onebot", "telegram", "discord", "slack"})
+
+
 def _loc_to_path(loc: tuple[Any, ...]) -> str:
     out = ""
-    for part in loc:
+    for i, part in enumerate(loc):
+        if i >= 2 and loc[i - 2] == "platforms" and part in _PLATFORM_TAGS:
+            continue  # the union's tag: platforms[0].telegram.token -> platforms[0].token
         if isinstance(part, int):
             out += f"[{part}]"
         else:

@@ -13,7 +13,7 @@ Delivery. An outgoing action waits for a connection (up to ``action_timeout_s``)
 reply whose connection dropped mid-turn goes out once the implementation is back. An
 implementation may re-deliver a message after a reconnect; the pipeline answers the
 repeat with its stored reply (``duplicate=True``), which is sent again only when the
-first delivery failed (``onebot_delivery``): the user sees each answer once.
+first delivery failed (``delivery``): the user sees each answer once.
 """
 
 from __future__ import annotations
@@ -22,9 +22,8 @@ import asyncio
 import contextlib
 import json
 import logging
-import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -33,9 +32,10 @@ from aiohttp import web
 from astr_ray.config import OneBotConfig
 from astr_ray.errors import MessageFormatError, PlatformError
 from astr_ray.lifecycle import Lifecycle, State
-from astr_ray.message import ChatType, Component, Event, Reply, Text, parse_session_key
+from astr_ray.message import ChatType, Component, Event, Text, parse_session_key
+from astr_ray.platforms.base import SILENT_ERRORS, Backoff, Bridge, OnMessage
+from astr_ray.platforms.delivery import DeliveryLedger
 from astr_ray.platforms.onebot_conn import Connection, Socket, bound_socket, token_ok
-from astr_ray.platforms.onebot_delivery import DeliveryLedger
 from astr_ray.platforms.onebot_events import onebot_id, parse_message_frame, wake
 from astr_ray.platforms.onebot_segments import render_reply
 
@@ -43,29 +43,23 @@ __all__ = ["OneBotBridge"]
 
 log = logging.getLogger(__name__)
 
-OnMessage = Callable[[Event], Awaitable[Reply | None]]
-
-SILENT_ERRORS = frozenset({"bot_off", "llm_off"})
-"""Replies with these errors carry nothing to say: the bot or its LLM is switched off."""
-
 REMEMBERED = 4096  # ids of the bot's own messages kept for reply-wake; failed deliveries
 MAX_FRAME = 64 * 1024 * 1024  # get_msg answers can carry base64 media
-FIRST_BACKOFF_S = 0.25
-STEADY_S = 10.0  # a forward connection that lived this long resets the backoff
 
 
 def _id_param(chat_id: str) -> int | str:
     return int(chat_id) if chat_id.isdigit() else chat_id
 
 
-class OneBotBridge:
+class OneBotBridge(Bridge):
     """One OneBot v11 account, bridged to ``on_message``.
 
     Lifecycle: ``start()`` once (a second call is refused), ``stop()`` idempotently;
     stop closes the links, fails unanswered actions and cancels turns in flight.
-    ``metrics_hook`` is called with the name of each counted happening: "event",
-    "ignored", "malformed", "reply", "send_failure", "duplicate", "reconnect".
+    Counters and ``metrics_hook``: see ``Bridge``.
     """
+
+    platform = "onebot"
 
     def __init__(
         self,
@@ -74,11 +68,11 @@ class OneBotBridge:
         *,
         metrics_hook: Callable[[str], None] | None = None,
     ) -> None:
+        super().__init__(cfg.id, metrics_hook)
         self.cfg = cfg
         self.lifecycle = Lifecycle(f"onebot-{cfg.id}", self._on_start, self._on_stop)
         self.port: int | None = None
         self._on_message = on_message
-        self._metrics_hook = metrics_hook
         self._token = cfg.access_token.get_secret_value() if cfg.access_token else ""
         self._conns: dict[int, Connection] = {}
         self._serial = 0
@@ -88,10 +82,7 @@ class OneBotBridge:
         self._runner: web.AppRunner | None = None
         self._client: aiohttp.ClientSession | None = None
         self._forward: asyncio.Task[None] | None = None
-        self._counts = dict.fromkeys(
-            ("events", "ignored", "malformed", "replies", "send_failures", "duplicates"), 0
-        )
-        self._counts.update(reconnects=0, heartbeats=0)
+        self._counts["heartbeats"] = 0
 
     # -- lifecycle ----------------------------------------------------------------------
     async def start(self) -> None:
@@ -149,6 +140,9 @@ class OneBotBridge:
             return False
         return True
 
+    def connected(self) -> bool:
+        return any(c.open for c in self._conns.values())
+
     def stats(self) -> dict[str, Any]:
         """A snapshot: ``connected``, ``connections`` (open links), ``self_ids`` (their
         accounts), and counters since start: ``reconnects`` (links made after the
@@ -162,14 +156,6 @@ class OneBotBridge:
             "self_ids": sorted({c.self_id for c in live if c.self_id}),
             **self._counts,
         }
-
-    def _count(self, key: str, hook: str) -> None:
-        self._counts[key] += 1
-        if self._metrics_hook is not None:
-            try:
-                self._metrics_hook(hook)
-            except Exception:
-                log.exception("onebot metrics hook failed")
 
     # -- links ----------------------------------------------------------------------------
     async def _accept(self, request: web.Request) -> web.StreamResponse:
@@ -194,7 +180,7 @@ class OneBotBridge:
         capped at ``reconnect_max_s``) whenever the link drops or cannot be made."""
         assert self._client is not None and self.cfg.url
         headers = {"Authorization": f"Bearer {self._token}"} if self._token else {}
-        delay = min(FIRST_BACKOFF_S, self.cfg.reconnect_max_s)
+        backoff = Backoff(self.cfg.reconnect_max_s)
         while True:
             try:
                 ws = await self._client.ws_connect(
@@ -206,12 +192,10 @@ class OneBotBridge:
             except (aiohttp.ClientError, OSError, TimeoutError) as exc:
                 log.warning("onebot %s: cannot reach %s: %s", self.cfg.id, self.cfg.url, exc)
             else:
-                began = time.monotonic()
+                backoff.connected()
                 await self._serve(ws, None)
-                if time.monotonic() - began >= STEADY_S:
-                    delay = min(FIRST_BACKOFF_S, self.cfg.reconnect_max_s)
-            await asyncio.sleep(delay * random.uniform(0.5, 1.0))
-            delay = min(delay * 2, self.cfg.reconnect_max_s)
+                backoff.lost()
+            await asyncio.sleep(backoff.next())
 
     async def _learn_self(self, conn: Connection) -> None:
         """Ask the implementation which account it is (forward mode has no X-Self-ID)."""
@@ -229,7 +213,7 @@ class OneBotBridge:
         self._serial += 1
         conn = Connection(ws, self._serial, self.cfg.id, self_id)
         if self._serial > 1:
-            self._count("reconnects", "reconnect")
+            self.count("reconnects")
         self._conns[conn.serial] = conn
         self._up.set()
         log.info("onebot %s: connected (self_id=%s)", self.cfg.id, self_id)
@@ -265,26 +249,22 @@ class OneBotBridge:
         return live[-1] if live else None
 
     # -- frames ---------------------------------------------------------------------------
-    def _malformed(self, why: str, raw: Any) -> None:
-        self._count("malformed", "malformed")
-        log.warning("onebot %s: skipped a malformed frame (%s): %.200r", self.cfg.id, why, raw)
-
     def _on_frame(self, conn: Connection, text: str) -> None:
         conn.last_seen = time.monotonic()
         try:
             frame = json.loads(text)
         except ValueError:
-            self._malformed("not JSON", text)
+            self.malformed("not JSON", text)
             return
         if not isinstance(frame, dict):
-            self._malformed("not an object", text)
+            self.malformed("not an object", text)
         elif "post_type" in frame:
             self._on_event(conn, frame)
         elif "echo" in frame and ("status" in frame or "retcode" in frame):
             if not conn.answer(frame):
                 log.debug("onebot %s: answer nobody waits for: %.200r", self.cfg.id, frame)
         else:
-            self._malformed("neither an event nor an answer", text)
+            self.malformed("neither an event nor an answer", text)
 
     def _on_event(self, conn: Connection, frame: dict[str, Any]) -> None:
         post_type = frame["post_type"]
@@ -304,21 +284,21 @@ class OneBotBridge:
             return
         if post_type != "message":
             # notices, friend/group requests, NapCat's "message_sent" echo of our own.
-            self._count("ignored", "ignored")
+            self.count("ignored")
             return
         try:
             msg = parse_message_frame(frame)
             self_id = msg.self_id or conn.self_id
             if self_id is not None and msg.sender.id == self_id:
-                self._count("ignored", "ignored")
+                self.count("ignored")
                 return
-            self._count("events", "event")
+            self.count("events")
             event = wake(msg, self.cfg.id, self_id, self.cfg.wake, self._ledger.bot_messages)
         except MessageFormatError as exc:
-            self._malformed(str(exc), frame)
+            self.malformed(str(exc), frame)
             return
         if event is None:
-            self._count("ignored", "ignored")
+            self.count("ignored")
             return
         task = asyncio.create_task(self._handle(event))
         self._tasks.add(task)
@@ -337,7 +317,7 @@ class OneBotBridge:
             return
         key = f"{event.session_key}|{event.message_id}"
         if reply.duplicate:
-            self._count("duplicates", "duplicate")
+            self.count("duplicates")
             if not await self._ledger.resend_duplicate(key):
                 return
         quote = event.message_id if event.chat_type is ChatType.GROUP else None
@@ -356,7 +336,7 @@ class OneBotBridge:
         try:
             await self._send(chat_type, chat_id, components, quote)
             delivered = True
-            self._count("replies", "reply")
+            self.count("replies")
         except PlatformError as exc:
             log.warning("onebot %s: reply to %s not delivered: %s", self.cfg.id, key, exc)
         finally:
@@ -378,7 +358,7 @@ class OneBotBridge:
             try:
                 data = await self.call_action("send_msg", {**target, "message": message})
             except PlatformError:
-                self._count("send_failures", "send_failure")
+                self.count("send_failures")
                 raise
             if isinstance(data, dict) and data.get("message_id") is not None:
                 self._ledger.sent(str(data["message_id"]))

@@ -24,7 +24,8 @@ from pydantic import ValidationError
 
 from astr_ray.config import WakeConfig
 from astr_ray.errors import MessageFormatError
-from astr_ray.message import ChatType, Component, Event, Sender, Text
+from astr_ray.message import ChatType, Event, Sender
+from astr_ray.platforms.base import group_woken
 from astr_ray.platforms.onebot_segments import Segment, normalize_message, to_components
 
 __all__ = ["MessageFrame", "onebot_id", "parse_message_frame", "wake"]
@@ -82,29 +83,6 @@ def parse_message_frame(frame: Mapping[str, Any]) -> MessageFrame:
     )
 
 
-def _strip_prefix(components: list[Component], prefixes: list[str]) -> bool:
-    """Strip the first matching prefix from the first text component, in place."""
-    for i, comp in enumerate(components):
-        if not isinstance(comp, Text):
-            continue
-        text = comp.text.lstrip()
-        for prefix in prefixes:
-            if prefix and text.startswith(prefix):
-                rest = text[len(prefix) :].lstrip()
-                if rest:
-                    components[i] = Text(text=rest)
-                else:
-                    del components[i]
-                return True
-        return False
-    return False
-
-
-def _is_command(components: list[Component]) -> bool:
-    first = next((c for c in components if isinstance(c, Text)), None)
-    return first is not None and first.text.lstrip().startswith("/")
-
-
 def wake(
     msg: MessageFrame,
     platform_id: str,
@@ -118,16 +96,15 @@ def wake(
     a segment or the resulting event does not fit the model."""
     parsed = to_components(msg.segments, self_id)
     components = parsed.components
-    prefixed = _strip_prefix(components, cfg.prefixes)
-    if msg.chat_type is ChatType.GROUP:
-        woken = (
-            (cfg.mention and parsed.mentions_bot)
-            or (cfg.reply and any(mid in bot_messages for mid in parsed.replies_to))
-            or prefixed
-            or _is_command(components)
-        )
-        if not woken:
-            return None
+    woken = group_woken(
+        msg.chat_type,
+        components,
+        cfg,
+        mentioned=parsed.mentions_bot,
+        replied_to_bot=any(mid in bot_messages for mid in parsed.replies_to),
+    )
+    if not woken:
+        return None
     try:
         return Event(
             platform_id=platform_id,

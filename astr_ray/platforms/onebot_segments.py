@@ -24,6 +24,7 @@ from urllib.parse import unquote_to_bytes
 
 from astr_ray.errors import MessageFormatError
 from astr_ray.message import Component, File, Image, Mention, ReplyTo, Text, Voice
+from astr_ray.platforms.base import split_text
 
 __all__ = [
     "TEXT_LIMIT",
@@ -34,7 +35,6 @@ __all__ = [
     "normalize_message",
     "parse_cq",
     "render_reply",
-    "split_text",
     "to_components",
 ]
 
@@ -212,24 +212,6 @@ def media_file(url: str | None, file_id: str | None) -> str | None:
     if head.endswith(";base64"):
         return "base64://" + payload
     return "base64://" + base64.b64encode(unquote_to_bytes(payload)).decode("ascii")
-
-
-def split_text(text: str, limit: int = TEXT_LIMIT) -> list[str]:
-    """Split text into pieces of at most ``limit`` characters, preferring a paragraph
-    break, then a line break, then a space in the last fifth of each piece."""
-    pieces: list[str] = []
-    while len(text) > limit:
-        cut, skip = limit, 0
-        for sep in ("\n\n", "\n", " "):
-            at = text.rfind(sep, limit * 4 // 5, limit)
-            if at > 0:
-                cut, skip = at, len(sep)
-                break
-        pieces.append(text[:cut])
-        text = text[cut + skip :]
-    if text:
-        pieces.append(text)
-    return pieces
 
 
 def render_reply(

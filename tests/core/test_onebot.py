@@ -17,14 +17,13 @@ import pytest
 from astr_ray.config import OneBotConfig
 from astr_ray.errors import AstrRayError, PlatformError
 from astr_ray.message import Event, File, Image, Mention, Reply, ReplyTo, Sender, Text, Voice
-from astr_ray.platforms import OneBotBridge
+from astr_ray.platforms.onebot import OneBotBridge
 from astr_ray.platforms.onebot_segments import (
     TEXT_LIMIT,
     escape_cq,
     media_file,
     parse_cq,
     render_reply,
-    split_text,
 )
 from tests.core.test_plugins import Bot, make_bot
 from tests.peers.onebot_client import FakeNapCat, at, face, image, record, reply, text
@@ -503,13 +502,6 @@ def test_cq_strings_round_trip_through_escaping() -> None:
     assert parse_cq("[CQ:shake]") == [{"type": "shake", "data": {}}]
     assert parse_cq(escape_cq("[x] & y")) == [text("[x] & y")]
     assert parse_cq("[CQ:share,title=has=equals]")[0]["data"] == {"title": "has=equals"}
-
-
-def test_split_text_prefers_line_breaks() -> None:
-    body = "a" * 90 + "\n" + "b" * 50
-    assert split_text(body, 100) == ["a" * 90, "b" * 50]
-    assert split_text("x" * 250, 100) == ["x" * 100, "x" * 100, "x" * 50]
-    assert split_text("short", 100) == ["short"]
 
 
 def test_media_files_and_render_order() -> None:

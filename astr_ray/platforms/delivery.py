@@ -1,4 +1,4 @@
-"""What the OneBot bridge remembers of its own sends, bounded (oldest forgotten first).
+"""What a platform bridge remembers of its own sends, bounded (oldest forgotten first).
 
     bot_messages   ids the implementation gave the bot's messages: a group message
                    quoting one of them is a reply to the bot (a wake rule)
@@ -8,7 +8,7 @@
 The duplicate policy: the pipeline answers a re-delivered message with its stored reply
 (``duplicate=True``). That reply is sent again only when its first delivery failed
 (waiting for the outcome when that delivery is still in flight); a reply that went out
-is never repeated, as QQ cannot deduplicate on the receiving side.
+is never repeated, as chat platforms do not deduplicate on the receiving side.
 """
 
 from __future__ import annotations

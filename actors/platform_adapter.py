@@ -1,15 +1,16 @@
-"""OneBotAdapter actor: one QQ account (OneBot v11) bridged to the session hosts.
+"""PlatformAdapter actor: one chat account (QQ, Telegram, Discord, Slack) bridged to
+the session hosts.
 
-    NapCat / Lagrange ══WS══ OneBotBridge (astr_ray.platforms.onebot) ─► HostRouter ─► hosts
-                                    ◄── send_msg (the reply) ─────────────┘
+    platform ══► Bridge (astr_ray.platforms.<type>) ─► HostRouter ─► session hosts
+                   ◄── send / edit (the reply) ───────────┘
 
-The bridge holds the WebSocket (we are the server in reverse mode, the client in
-forward mode), turns events into ``Event``s under the group wake rules, and sends each
-reply back. This shell only routes: each woken message goes to the session host that
-owns it, and the host's return value is the reply. The OneBot message id is the
-idempotency key, so a message the implementation delivers again after a reconnect is
-answered once. Placed with the ``adapters`` resource (the node with the network route);
-Ray restarts it, and the implementation reconnects.
+The bridge holds the platform connection, turns traffic into ``Event``s under the
+group wake rules, and sends each reply back (streamed by edits where the platform and
+``stream`` allow). This shell only routes: each woken message goes to the session host
+that owns it. The platform's message id is the idempotency key, so a message delivered
+again after a reconnect is answered once. Placed with the ``adapters`` resource (the
+node with the network route); Ray restarts it elsewhere if that node goes, and the
+bridge reconnects.
 """
 
 from __future__ import annotations
@@ -17,24 +18,25 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import ray
 
 from actors.common import RayMetricsMirror, node_id, setup_logging
 from actors.router import HostRouter
-from astr_ray.config import Config, OneBotConfig, parse_config
+from astr_ray.config import Config, PlatformConfig, parse_config
 from astr_ray.errors import PlatformError
 from astr_ray.lifecycle import Lifecycle
 from astr_ray.message import Event, Reply
 from astr_ray.metrics import Metrics, Snapshot
-from astr_ray.platforms.onebot import OneBotBridge
+from astr_ray.platforms import make_bridge
 
 log = logging.getLogger(__name__)
 
 
 @ray.remote
-class OneBotAdapter:
+class PlatformAdapter:
     def __init__(self, platform_id: str, config: dict[str, Any]) -> None:
         self.name = f"adapter-{platform_id}"
         setup_logging(self.name)
@@ -42,7 +44,7 @@ class OneBotAdapter:
         found = [p for p in self.cfg.platforms if p.id == platform_id]
         if not found:
             raise PlatformError(f"no platform {platform_id!r} in the config")
-        self.platform: OneBotConfig = found[0]
+        self.platform: PlatformConfig = found[0]
         self.lifecycle = Lifecycle(self.name, self._on_start, self._on_stop)
         self.metrics = Metrics()
         self._mirror = RayMetricsMirror(self.name)
@@ -54,9 +56,14 @@ class OneBotAdapter:
 
     async def _on_start(self) -> None:
         self.router = HostRouter.for_config(self.cfg)
-        self.bridge = OneBotBridge(self.platform, self._on_message)
+        self.bridge = make_bridge(
+            self.platform,
+            self._on_message,
+            on_stream=self._on_stream,
+            metrics_hook=self._on_happening,
+        )
         await self.bridge.start()
-        log.info("OneBot v11 account %s (%s mode) up", self.platform.id, self.platform.mode)
+        log.info("%s account %s up", self.platform.type, self.platform.id)
 
     async def _on_message(self, event: Event) -> Reply | None:
         self.metrics.messages.labels(self.platform.id, "in").inc()
@@ -64,6 +71,19 @@ class OneBotAdapter:
         if reply.text or len(reply.components) > 1:
             self.metrics.messages.labels(self.platform.id, "out").inc()
         return reply
+
+    async def _on_stream(self, event: Event) -> AsyncIterator[dict[str, Any]]:
+        self.metrics.messages.labels(self.platform.id, "in").inc()
+        async for item in self.router.stream(event):
+            if "reply" in item:
+                reply = item["reply"]
+                if reply.text or len(reply.components) > 1:
+                    self.metrics.messages.labels(self.platform.id, "out").inc()
+            yield item
+
+    def _on_happening(self, what: str) -> None:
+        if what in ("malformed", "send_failure", "rate_limited", "reconnect"):
+            self.metrics.errors.labels(self.name, what).inc()
 
     async def _on_stop(self) -> None:
         await self.bridge.stop()
@@ -84,8 +104,8 @@ class OneBotAdapter:
             "pid": os.getpid(),
             "node_id": node_id(),
             "state": self.lifecycle.state.value,
-            "platform": "onebot",
-            "mode": self.platform.mode,
+            "platform": self.platform.type,
+            "mode": getattr(self.platform, "mode", None),
             "started_at": self.started_at,
         }
         if hasattr(self, "bridge"):
