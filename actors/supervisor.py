@@ -520,6 +520,29 @@ class Supervisor:
         ok = self.lifecycle.state.value == "running" and all(s == "alive" for s in core)
         return {"ok": ok, "state": self.lifecycle.state.value, "actors": states}
 
+    async def platforms(self) -> list[dict[str, Any]]:
+        """Each configured chat account: its actor's state and restarts, and what its
+        bridge last reported (connected, reconnects, counters). Never a secret."""
+        await self.lifecycle.ensure_started()
+        out: list[dict[str, Any]] = []
+        for p in self.cfg.platforms:
+            child = self.children.get(f"adapter-{p.id}")
+            info = child.last_info if child is not None else {}
+            entry: dict[str, Any] = {
+                "id": p.id,
+                "type": p.type,
+                "mode": getattr(p, "mode", None),
+                "enabled": p.enabled,
+                "state": child.state if child is not None else "disabled",
+                "restarts": child.restarts if child is not None else 0,
+                "node_id": info.get("node_id"),
+                "connected": bool(info.get("connected")),
+            }
+            for key in PLATFORM_FIGURES:
+                entry[key] = info.get(key, 0)
+            out.append(entry)
+        return out
+
     async def status(self) -> dict[str, Any]:
         """Actors with state, pid, restarts and their own figures; the restart log."""
         await self.lifecycle.ensure_started()
@@ -659,6 +682,17 @@ class Supervisor:
 
 
 OPTIONAL_KINDS = frozenset({"plugin", "sandbox", "mcp"})
+PLATFORM_FIGURES = (
+    "reconnects",
+    "events",
+    "replies",
+    "ignored",
+    "malformed",
+    "duplicates",
+    "send_failures",
+    "rate_limited",
+)
+"""The counters each bridge reports (``astr_ray.platforms.base.Bridge``)."""
 
 
 def _plugin_meta(src: PluginSource) -> tuple[str, ...]:

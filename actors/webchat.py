@@ -139,6 +139,12 @@ class WebChatAdapter:
             except Exception:
                 log.exception("mirroring metrics to Ray failed")
 
+    async def platforms(self) -> list[dict[str, Any]]:
+        """Each chat account's health and counters (``Supervisor.platforms``)."""
+        sup = get_actor(SUPERVISOR, self.cfg.runtime.namespace)
+        result: list[dict[str, Any]] = await asyncio.wait_for(sup.platforms.remote(), timeout=5)
+        return result
+
     async def health(self) -> dict[str, Any]:
         """The Supervisor's view of the tree, cached for a second."""
         at, info = self._health

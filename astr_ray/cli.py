@@ -209,12 +209,19 @@ def _print_status(status: dict[str, Any], brief: bool = False) -> None:
                 f"healthy={info.get('healthy')} in_use={info.get('in_use')} "
                 f"failures={info.get('failures')}"
             )
-        elif a["kind"] == "adapter" and info.get("platform") == "onebot":
+        elif a["kind"] == "adapter" and info.get("platform"):
+            mode = f" {info['mode']}" if info.get("mode") else ""
+            port = f" port={info['port']}" if info.get("port") else ""
             detail = (
-                f"onebot {info.get('mode')} port={info.get('port')} "
+                f"{info['platform']}{mode}{port} "
                 f"connected={info.get('connected')} reconnects={info.get('reconnects', 0)} "
                 f"events={info.get('events', 0)} replies={info.get('replies', 0)}"
             )
+            if info.get("send_failures") or info.get("malformed"):
+                detail += (
+                    f" send_failures={info.get('send_failures', 0)}"
+                    f" malformed={info.get('malformed', 0)}"
+                )
         elif a["kind"] == "adapter":
             detail = f"port={info.get('port')} messages={info.get('messages')}"
         elif a["kind"] == "sandbox":

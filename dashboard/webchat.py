@@ -3,6 +3,8 @@
     GET  /health           no token; 200 when the actor tree is up, 503 otherwise
     GET  /metrics          Prometheus text format, every actor's figures (token)
     POST /api/chat         {"session", "text", "message_id"?} -> {"reply", ...}
+    GET  /api/outbox       ?session=: messages the bot sent on its own, kept for polling
+    GET  /api/platforms    each chat account: state, connected, reconnects, counters
     WS   /ws/chat          client: {"type": "message", "session", "text", "message_id"?}
                            server: {"type": "chunk", "message_id", "text"} ...
                                    {"type": "reply", "message_id", "text", "duplicate",
@@ -91,6 +93,8 @@ class ChatBackend(Protocol):
 
     async def health(self) -> dict[str, Any]: ...
 
+    async def platforms(self) -> list[dict[str, Any]]: ...
+
     async def metrics_text(self) -> bytes: ...
 
 
@@ -172,6 +176,11 @@ def create_app(backend: ChatBackend, token: str, *, max_chars: int = 16_000) -> 
         reply = await backend.send(event)
         return JSONResponse(_reply_json(reply))
 
+    async def platforms(request: Request) -> Response:
+        if not authorized(bearer(request)):
+            return JSONResponse({"error": "missing or wrong token"}, status_code=401)
+        return JSONResponse({"platforms": await backend.platforms()})
+
     async def outbox(request: Request) -> Response:
         if not authorized(bearer(request)):
             return JSONResponse({"error": "missing or wrong token"}, status_code=401)
@@ -250,6 +259,7 @@ def create_app(backend: ChatBackend, token: str, *, max_chars: int = 16_000) -> 
             Route("/metrics", metrics, methods=["GET"]),
             Route("/api/chat", chat, methods=["POST"]),
             Route("/api/outbox", outbox, methods=["GET"]),
+            Route("/api/platforms", platforms, methods=["GET"]),
             WebSocketRoute("/ws/chat", ws_chat),
         ]
     )

@@ -155,7 +155,7 @@ def split_text(text: str, limit: int) -> list[str]:
     while len(text) > limit:
         cut, skip = limit, 0
         for sep in ("\n\n", "\n", " "):
-            at = text.rfind(sep, limit * 4 // 5, limit)
+            at = text.rfind(sep, limit * 4 // 5, limit + len(sep))  # may end right at limit
             if at > 0:
                 cut, skip = at, len(sep)
                 break
