@@ -4,6 +4,7 @@ actor's reverse WebSocket; messages go through the session hosts and the fake LL
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import random
 import signal
@@ -108,3 +109,36 @@ async def test_a_plugin_sends_to_a_qq_group(chat: ChatClient, napcat: FakeNapCat
     assert reply["text"] == "sent"
     (sent,) = await napcat.wait_sent(1)
     assert int(sent["group_id"]) == group and text_of(sent) == "meeting moved to 3pm"
+
+
+async def test_platform_health_is_in_the_api(runtime: Runtime, napcat: FakeNapCat) -> None:
+    import aiohttp
+
+    url = f"{runtime.http}/api/platforms"
+    auth = {"Authorization": f"Bearer {runtime.token}"}
+    async with aiohttp.ClientSession() as http:
+        async with http.get(url) as resp:
+            assert resp.status == 401
+
+        async def qq_now() -> dict[str, Any]:
+            async with http.get(url, headers=auth) as resp:
+                assert resp.status == 200
+                body = await resp.json()
+            (qq,) = [p for p in body["platforms"] if p["id"] == "qq"]
+            return qq
+
+        async def up() -> dict[str, Any] | None:
+            qq = await qq_now()
+            return qq if qq["connected"] else None
+
+        before = (await eventually(up))["reconnects"]
+        for _ in range(2):  # each reconnect shows in the count
+            await napcat.reconnect()
+
+        async def counted() -> dict[str, Any] | None:
+            qq = await qq_now()
+            return qq if qq["connected"] and qq["reconnects"] >= before + 2 else None
+
+        qq = await eventually(counted, within=20)
+    assert qq["type"] == "onebot" and qq["mode"] == "reverse" and qq["state"] == "alive"
+    assert ONEBOT_TOKEN not in json.dumps(qq)
