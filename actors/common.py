@@ -89,6 +89,9 @@ def setup_logging(component: str) -> None:
     )
     root.handlers[:] = [handler]
     root.setLevel(os.environ.get("ASTR_RAY_LOG_LEVEL", "INFO"))
+    # One INFO line per HTTP request (a Telegram long poll every 30 s) is noise.
+    for chatty in ("httpx", "httpcore"):
+        logging.getLogger(chatty).setLevel(logging.WARNING)
     root._astr_ray_configured = True  # type: ignore[attr-defined]
 
 

@@ -221,7 +221,10 @@ class EditStream(Generic[H]):
     ``limit`` the message is finished and the rest goes on in a new one. ``finish(text)``
     makes the messages hold exactly the final text (the stored reply, which may differ
     from the chunks, e.g. after blocked words were starred) and returns their handles.
-    A failed edit is logged and retried at the next step, never raised mid-stream.
+
+    Failures: a failed edit mid-stream is logged and retried at the next step; a failed
+    send (the first message, or one past the limit) raises, as does any failure in
+    ``finish``, so that the caller can count the delivery as failed.
     """
 
     def __init__(
@@ -259,11 +262,11 @@ class EditStream(Generic[H]):
         await self._show(self._text, partial=True)
 
     async def finish(self, text: str | None = None) -> list[H]:
-        """Make the messages show ``text`` (default: the chunks so far) and return
-        their handles; nothing is sent for empty text."""
-        final = self._text if text is None else text
+        """Make the messages show ``text`` (when empty: the chunks so far) and return
+        their handles; nothing is sent when both are blank."""
+        final = self._text if text is None or not text.strip() else text
         if final.strip():
-            await self._show(final, partial=False)
+            await self._show(final, partial=False)  # also takes the cursor away
         return self.handles
 
     async def _show(self, text: str, *, partial: bool) -> None:

@@ -35,7 +35,8 @@ from astr_ray.lifecycle import Lifecycle, State
 from astr_ray.message import ChatType, Component, Event, Text, parse_session_key
 from astr_ray.platforms.base import SILENT_ERRORS, Backoff, Bridge, OnMessage
 from astr_ray.platforms.delivery import DeliveryLedger
-from astr_ray.platforms.onebot_conn import Connection, Socket, bound_socket, token_ok
+from astr_ray.platforms.net import listen
+from astr_ray.platforms.onebot_conn import Connection, Socket, token_ok
 from astr_ray.platforms.onebot_events import onebot_id, parse_message_frame, wake
 from astr_ray.platforms.onebot_segments import render_reply
 
@@ -98,19 +99,19 @@ class OneBotBridge(Bridge):
         if self.cfg.mode == "reverse":
             app = web.Application()
             app.router.add_get(self.cfg.path, self._accept)
-            self._runner = web.AppRunner(app, shutdown_timeout=1.0, access_log=None)
-            await self._runner.setup()
             try:
-                sock = bound_socket(self.cfg.host, self.cfg.port)
+                self._runner, self.port = await listen(app, self.cfg.host, self.cfg.port)
             except OSError as exc:
-                await self._runner.cleanup()
                 raise PlatformError(
                     f"cannot listen: {exc}", platform=self.cfg.id, port=self.cfg.port
                 ) from None
-            self.port = sock.getsockname()[1]
-            await web.SockSite(self._runner, sock).start()
-            host, port = sock.getsockname()[:2]
-            log.info("onebot %s: listening on %s:%s%s", self.cfg.id, host, port, self.cfg.path)
+            log.info(
+                "onebot %s: listening on %s:%s%s",
+                self.cfg.id,
+                self.cfg.host,
+                self.port,
+                self.cfg.path,
+            )
         else:
             self._client = aiohttp.ClientSession()
             self._forward = asyncio.create_task(self._forward_loop())

@@ -15,7 +15,6 @@ import hmac
 import itertools
 import json
 import logging
-import socket
 import time
 from typing import Any
 
@@ -24,7 +23,7 @@ from aiohttp import web
 
 from astr_ray.errors import PlatformError
 
-__all__ = ["Connection", "Socket", "bound_socket", "token_ok"]
+__all__ = ["Connection", "Socket", "token_ok"]
 
 log = logging.getLogger(__name__)
 
@@ -133,16 +132,3 @@ def token_ok(request: web.Request, token: str) -> bool:
     if scheme.lower() not in ("bearer", "token"):
         given = request.query.get("access_token", "")
     return hmac.compare_digest(given.strip().encode(), token.encode())
-
-
-def bound_socket(host: str, port: int) -> socket.socket:
-    """A TCP socket bound to ``host:port`` (port 0: a free one); raises ``OSError``."""
-    family, kind, proto, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
-    sock = socket.socket(family, kind, proto)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(addr)
-    except OSError:
-        sock.close()
-        raise
-    return sock

@@ -139,6 +139,15 @@ async def test_edit_stream_survives_a_failed_edit_and_the_final_text_wins() -> N
     assert chat.messages == ["ab (final)"]
 
 
+async def test_an_empty_final_text_leaves_the_streamed_text_without_the_cursor() -> None:
+    chat = _Chat()
+    stream = EditStream(chat.send, chat.edit, limit=100, interval_s=0)
+    await stream.feed("partial answer")
+    assert chat.messages == ["partial answer ▌"]
+    await stream.finish("")
+    assert chat.messages == ["partial answer"]
+
+
 async def test_edit_stream_sends_nothing_for_blank_text() -> None:
     chat = _Chat()
     stream = EditStream(chat.send, chat.edit, limit=100, interval_s=0)

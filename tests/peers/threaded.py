@@ -38,9 +38,9 @@ class Threaded(Generic[P]):
         return self._peer
 
     def call_sync(self, method: str, *args: Any, within: float = 60.0, **kwargs: Any) -> Any:
-        return asyncio.run_coroutine_threadsafe(
-            self._run(method, args, kwargs), self._loop
-        ).result(within)
+        return asyncio.run_coroutine_threadsafe(self._run(method, args, kwargs), self._loop).result(
+            within
+        )
 
     async def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
         """Run ``peer.method(*args, **kwargs)`` on the peer's loop and return its result."""
