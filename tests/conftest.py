@@ -24,7 +24,11 @@ import asyncpg
 import pytest
 
 from astr_ray.config import Config, parse_config
+from tests.peers.discord_api import FakeDiscord
 from tests.peers.openai_server import FakeLLM
+from tests.peers.slack_api import APP_TOKEN, BOT_TOKEN, FakeSlack
+from tests.peers.telegram_api import FakeTelegram
+from tests.peers.threaded import Threaded
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
@@ -172,6 +176,75 @@ FIXTURE_PLUGINS = Path(__file__).resolve().parent / "fixtures" / "plugins"
 RUNTIME_PLUGINS = ("greeter", "raiser", "sleeper", "isolated_box")
 RUNTIME_ADMIN = "runtime-admin"
 ONEBOT_TOKEN = "onebot-test-token"
+TELEGRAM_TOKEN = "424242:runtime-telegram-token"
+DISCORD_TOKEN = "runtime-discord-token"
+
+
+@dataclass
+class PlatformPeers:
+    """Fake Telegram, Discord and Slack servers, each on its own loop in a thread (the
+    adapter actors reach them while the blocking runtime fixture starts the tree)."""
+
+    telegram: Threaded[FakeTelegram]
+    discord: Threaded[FakeDiscord]
+    slack: Threaded[FakeSlack]
+
+    def platform_blocks(self) -> list[dict[str, Any]]:
+        fast = {"action_timeout_s": 10, "reconnect_max_s": 1, "stream": False}
+        return [
+            {
+                "id": "tg",
+                "type": "telegram",
+                "token": TELEGRAM_TOKEN,
+                "api_base": self.telegram.peer.api_base,
+                "file_base": self.telegram.peer.file_base,
+                "poll_timeout_s": 2,
+                **fast,
+            },
+            {
+                "id": "dc",
+                "type": "discord",
+                "token": DISCORD_TOKEN,
+                "api_base": self.discord.peer.api_base,
+                **fast,
+            },
+            {
+                "id": "sl",
+                "type": "slack",
+                "bot_token": BOT_TOKEN,
+                "app_token": APP_TOKEN,
+                "api_base": self.slack.peer.api_base,
+                **fast,
+            },
+        ]
+
+
+@pytest.fixture(scope="session")
+def platform_peers() -> Iterator[PlatformPeers]:
+    async def telegram() -> FakeTelegram:
+        fake = FakeTelegram(TELEGRAM_TOKEN)
+        await fake.start()
+        return fake
+
+    async def discord() -> FakeDiscord:
+        fake = FakeDiscord(DISCORD_TOKEN)
+        await fake.start()
+        return fake
+
+    async def slack() -> FakeSlack:
+        fake = FakeSlack()
+        await fake.start()
+        return fake
+
+    peers = PlatformPeers(
+        Threaded(telegram, "fake-telegram").start(),
+        Threaded(discord, "fake-discord").start(),
+        Threaded(slack, "fake-slack").start(),
+    )
+    yield peers
+    peers.telegram.stop("stop")
+    peers.discord.stop("close")
+    peers.slack.stop("close")
 
 
 @dataclass
@@ -231,6 +304,7 @@ def runtime(
     ray_cluster: dict[str, Any],
     fake_llm: FakeLLM,
     fake_fallback: FakeLLM,
+    platform_peers: PlatformPeers,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Runtime]:
     from actors import runtime as rt
@@ -245,7 +319,10 @@ def runtime(
         plugins={"handler_timeout_s": 3, "ping_timeout_s": 2},
         access={"admins": [f"webchat:{RUNTIME_ADMIN}"]},
         sandbox={"executors": 1, "backend": "bwrap", "timeout_s": 20},
-        platforms=[{"id": "qq", "port": free_port(), "access_token": ONEBOT_TOKEN}],
+        platforms=[
+            {"id": "qq", "port": free_port(), "access_token": ONEBOT_TOKEN},
+            *platform_peers.platform_blocks(),
+        ],
         mcp={
             "allowed_commands": [sys.executable],
             "servers": [

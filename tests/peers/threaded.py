@@ -54,9 +54,22 @@ class Threaded(Generic[P]):
         return result
 
     def stop(self, method: str = "stop", within: float = 30.0) -> None:
-        if self._peer is not None:
-            try:
-                self.call_sync(method, within=within)
-            finally:
-                self._loop.call_soon_threadsafe(self._loop.stop)
-                self._thread.join(within)
+        """Call the peer's own ``method`` to shut it down, cancel what is left on its
+        loop, and close the loop."""
+        if self._peer is None:
+            return
+        try:
+            self.call_sync(method, within=within)
+        finally:
+            asyncio.run_coroutine_threadsafe(_cancel_the_rest(), self._loop).result(within)
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(within)
+            self._loop.close()
+
+
+async def _cancel_the_rest() -> None:
+    me = asyncio.current_task()
+    rest = [t for t in asyncio.all_tasks() if t is not me]
+    for task in rest:
+        task.cancel()
+    await asyncio.gather(*rest, return_exceptions=True)
