@@ -670,13 +670,26 @@ access:
     mode: reply              # reply ("slow down") | queue (wait)
   blocked_words: []
 
-platforms: []               # chat platforms besides the web chat
-#  - id: qq                             # example: QQ through NapCat/Lagrange (OneBot v11)
+platforms: []               # chat accounts besides the web chat; `type` picks one
+#  - id: qq                             # QQ through NapCat/Lagrange (OneBot v11)
 #    mode: reverse                      # they connect to ws://host:port/onebot/v11/ws
 #    host: 127.0.0.1
 #    port: 6199
 #    access_token: ${ONEBOT_TOKEN}
-#    wake: {mention: true, reply: true, prefixes: []}
+#    wake: {mention: true, reply: true, prefixes: []}   # groups; private chats always
+#  - id: tg
+#    type: telegram
+#    token: ${TELEGRAM_TOKEN}
+#    mode: polling                      # or webhook: public_url, secret_token, port
+#  - id: dc
+#    type: discord
+#    token: ${DISCORD_TOKEN}            # needs the Message Content intent
+#  - id: sl
+#    type: slack
+#    mode: socket                       # or events: signing_secret, port
+#    bot_token: ${SLACK_BOT_TOKEN}
+#    app_token: ${SLACK_APP_TOKEN}
+#    stream: true                       # (telegram, discord, slack) answer by editing
 
 sandbox:                     # where model-written code runs (run_python, run_shell...)
   backend: auto              # auto (docker, else bwrap) | docker | bwrap | none |

@@ -212,3 +212,23 @@ def test_a_bad_platform_block_names_the_key(platform: dict[str, str], path: str,
         parse_config({"platforms": [platform]})
     assert err.value.path == path
     assert why in str(err.value)
+
+
+def test_the_config_templates_platform_examples_parse(monkeypatch: pytest.MonkeyPatch) -> None:
+    import yaml
+
+    from astr_ray.config import default_config_text
+
+    lines = default_config_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("platforms:"))
+    block = ["platforms:"]
+    for line in lines[start + 1 :]:
+        if not line.startswith("#"):
+            break
+        block.append(line[1:])
+    for var in ("ONEBOT_TOKEN", "TELEGRAM_TOKEN", "DISCORD_TOKEN"):
+        monkeypatch.setenv(var, "t")
+    monkeypatch.setenv("SLACK_BOT_TOKEN", "xoxb-t")
+    monkeypatch.setenv("SLACK_APP_TOKEN", "xapp-t")
+    cfg = parse_config(yaml.safe_load("\n".join(block)))
+    assert [p.type for p in cfg.platforms] == ["onebot", "telegram", "discord", "slack"]
