@@ -15,11 +15,13 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any, Generic, TypeVar
 
 from astr_ray.config import WakeConfig
-from astr_ray.message import ChatType, Component, Event, Reply, Text
+from astr_ray.errors import MessageFormatError, PlatformError
+from astr_ray.message import ChatType, Component, Event, Reply, Text, parse_session_key
+from astr_ray.platforms.delivery import DeliveryLedger
 
 __all__ = [
     "SILENT_ERRORS",
@@ -30,6 +32,7 @@ __all__ = [
     "OnStream",
     "group_woken",
     "is_command",
+    "should_deliver",
     "split_text",
     "strip_prefix",
 ]
@@ -85,6 +88,7 @@ class Bridge:
         self.platform_id = platform_id
         self._metrics_hook = metrics_hook
         self._counts: dict[str, int] = dict.fromkeys(self.COUNTERS, 0)
+        self._tasks: set[asyncio.Task[Any]] = set()
 
     async def start(self) -> None:
         raise NotImplementedError
@@ -114,10 +118,50 @@ class Bridge:
             except Exception:
                 log.exception("%s metrics hook failed", self.platform_id)
 
+    def spawn(self, turn: Coroutine[Any, Any, None]) -> None:
+        """Run one turn in its own task, kept until it ends (``cancel_turns``)."""
+        task = asyncio.create_task(turn)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def cancel_turns(self, within: float = 5.0) -> None:
+        """Cancel the turns in flight (at stop) and wait up to ``within`` for them."""
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=within)
+
+    def own_chat(self, session_key: str) -> tuple[ChatType, str]:
+        """The chat type and id of one of this account's session keys; raises
+        ``PlatformError`` for a malformed key or another platform's."""
+        try:
+            platform_id, chat_type, chat_id = parse_session_key(session_key)
+        except MessageFormatError as exc:
+            raise PlatformError(str(exc), platform=self.platform_id) from None
+        if platform_id != self.platform_id:
+            raise PlatformError(
+                "not this platform's session", platform=self.platform_id, session_key=session_key
+            )
+        return chat_type, chat_id
+
     def malformed(self, why: str, raw: Any) -> None:
         """Count and log a payload that does not fit; the bridge goes on serving."""
         self.count("malformed")
         log.warning("%s: skipped a malformed payload (%s): %.200r", self.platform_id, why, raw)
+
+
+async def should_deliver(
+    reply: Reply | None, key: str, ledger: DeliveryLedger, count: Callable[[str], None]
+) -> bool:
+    """Whether a turn's reply must be sent: not when it says nothing (no components, or
+    the bot or its LLM is switched off); for a message delivered again (``duplicate``),
+    only when the first delivery failed (``DeliveryLedger``; counted "duplicates")."""
+    if reply is None or not reply.components or reply.error in SILENT_ERRORS:
+        return False
+    if reply.duplicate:
+        count("duplicates")
+        return await ledger.resend_duplicate(key)
+    return True
 
 
 class Backoff:

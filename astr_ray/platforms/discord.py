@@ -47,8 +47,15 @@ import aiohttp
 from astr_ray.config import DiscordConfig
 from astr_ray.errors import MessageFormatError, PlatformError
 from astr_ray.lifecycle import Lifecycle
-from astr_ray.message import ChatType, Event, Reply, Text, parse_session_key
-from astr_ray.platforms.base import SILENT_ERRORS, Backoff, Bridge, EditStream, OnMessage, OnStream
+from astr_ray.message import ChatType, Event, Reply, Text
+from astr_ray.platforms.base import (
+    Backoff,
+    Bridge,
+    EditStream,
+    OnMessage,
+    OnStream,
+    should_deliver,
+)
 from astr_ray.platforms.delivery import DeliveryLedger
 from astr_ray.platforms.discord_events import CHAT_MESSAGE_TYPES, to_event
 from astr_ray.platforms.discord_gateway import GatewayClient, GatewayHooks, discord, use_server
@@ -96,7 +103,6 @@ class DiscordBridge(Bridge):
         self._sessions = 0
         self._error: str | None = None
         self._ledger = DeliveryLedger(REMEMBERED)
-        self._tasks: set[asyncio.Task[Any]] = set()
 
     # -- lifecycle ------------------------------------------------------------------------
     async def start(self) -> None:
@@ -119,10 +125,7 @@ class DiscordBridge(Bridge):
         self._runner = asyncio.create_task(self._run(self._client))
 
     async def _on_stop(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-        if self._tasks:
-            await asyncio.wait(self._tasks, timeout=5)
+        await self.cancel_turns()
         if self._client is not None:
             await self._client.close()
         if self._runner is not None:
@@ -235,9 +238,7 @@ class DiscordBridge(Bridge):
         if event is None:
             self.count("ignored")
             return
-        task = asyncio.create_task(self._handle(event))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self.spawn(self._handle(event))
 
     # -- turns and replies ----------------------------------------------------------------------
     async def _handle(self, event: Event) -> None:
@@ -253,13 +254,9 @@ class DiscordBridge(Bridge):
         except Exception:
             log.exception("discord %s: turn failed for %s", self.cfg.id, event.session_key)
             return
-        if reply is None or not reply.components or reply.error in SILENT_ERRORS:
-            return
         key = f"{event.session_key}|{event.message_id}"
-        if reply.duplicate:
-            self.count("duplicates")
-            if not await self._ledger.resend_duplicate(key):
-                return
+        if reply is None or not await should_deliver(reply, key, self._ledger, self.count):
+            return
         done = self._ledger.begin(key)
         delivered = False
         try:
@@ -359,14 +356,7 @@ class DiscordBridge(Bridge):
         own initiative, split when long. Raises ``PlatformError`` when the key is not
         this platform's or the send fails (not logged in within ``action_timeout_s``
         included)."""
-        try:
-            platform_id, _, chat_id = parse_session_key(session_key)
-        except MessageFormatError as exc:
-            raise PlatformError(str(exc), platform=self.cfg.id) from None
-        if platform_id != self.cfg.id:
-            raise PlatformError(
-                "not this platform's session", platform=self.cfg.id, session_key=session_key
-            )
+        _, chat_id = self.own_chat(session_key)
         await self._send(chat_id, render_reply([Text(text=text)]), None)
 
 

@@ -32,8 +32,8 @@ from aiohttp import web
 from astr_ray.config import OneBotConfig
 from astr_ray.errors import MessageFormatError, PlatformError
 from astr_ray.lifecycle import Lifecycle, State
-from astr_ray.message import ChatType, Component, Event, Text, parse_session_key
-from astr_ray.platforms.base import SILENT_ERRORS, Backoff, Bridge, OnMessage
+from astr_ray.message import ChatType, Component, Event, Text
+from astr_ray.platforms.base import Backoff, Bridge, OnMessage, should_deliver
 from astr_ray.platforms.delivery import DeliveryLedger
 from astr_ray.platforms.net import listen
 from astr_ray.platforms.onebot_conn import Connection, Socket, token_ok
@@ -79,7 +79,6 @@ class OneBotBridge(Bridge):
         self._serial = 0
         self._up = asyncio.Event()
         self._ledger = DeliveryLedger(REMEMBERED)
-        self._tasks: set[asyncio.Task[Any]] = set()
         self._runner: web.AppRunner | None = None
         self._client: aiohttp.ClientSession | None = None
         self._forward: asyncio.Task[None] | None = None
@@ -121,10 +120,7 @@ class OneBotBridge(Bridge):
             self._forward.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._forward
-        for task in list(self._tasks):
-            task.cancel()
-        if self._tasks:
-            await asyncio.wait(self._tasks, timeout=5)
+        await self.cancel_turns()
         for conn in list(self._conns.values()):
             await conn.close()
         if self._runner is not None:
@@ -301,9 +297,7 @@ class OneBotBridge(Bridge):
         if event is None:
             self.count("ignored")
             return
-        task = asyncio.create_task(self._handle(event))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self.spawn(self._handle(event))
 
     # -- turns and sends --------------------------------------------------------------------
     async def _handle(self, event: Event) -> None:
@@ -314,13 +308,9 @@ class OneBotBridge(Bridge):
         except Exception:
             log.exception("onebot %s: turn failed for %s", self.cfg.id, event.session_key)
             return
-        if reply is None or not reply.components or reply.error in SILENT_ERRORS:
-            return
         key = f"{event.session_key}|{event.message_id}"
-        if reply.duplicate:
-            self.count("duplicates")
-            if not await self._ledger.resend_duplicate(key):
-                return
+        if reply is None or not await should_deliver(reply, key, self._ledger, self.count):
+            return
         quote = event.message_id if event.chat_type is ChatType.GROUP else None
         await self._deliver(key, event.chat_type, event.chat_id, reply.components, quote)
 
@@ -368,14 +358,7 @@ class OneBotBridge(Bridge):
         """Send ``text`` to a chat on the bot's own initiative (``send_msg``, split when
         long). Waits for a connection up to ``action_timeout_s``; raises
         ``PlatformError`` when the key is not this platform's or the send fails."""
-        try:
-            platform_id, chat_type, chat_id = parse_session_key(session_key)
-        except MessageFormatError as exc:
-            raise PlatformError(str(exc), platform=self.cfg.id) from None
-        if platform_id != self.cfg.id:
-            raise PlatformError(
-                "not this platform's session", platform=self.cfg.id, session_key=session_key
-            )
+        chat_type, chat_id = self.own_chat(session_key)
         await self._send(chat_type, chat_id, (Text(text=text),), None)
 
     async def call_action(self, action: str, params: dict[str, Any]) -> Any:

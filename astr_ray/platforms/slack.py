@@ -45,14 +45,14 @@ from slack_sdk.socket_mode.response import SocketModeResponse
 from astr_ray.config import SlackConfig
 from astr_ray.errors import MessageFormatError, PlatformError
 from astr_ray.lifecycle import Lifecycle
-from astr_ray.message import ChatType, Event, Reply, Text, parse_session_key
+from astr_ray.message import ChatType, Event, Reply, Text
 from astr_ray.platforms.base import (
-    SILENT_ERRORS,
     Backoff,
     Bridge,
     EditStream,
     OnMessage,
     OnStream,
+    should_deliver,
 )
 from astr_ray.platforms.delivery import DeliveryLedger
 from astr_ray.platforms.slack_events import SlackMessage, parse_event, wake
@@ -103,7 +103,6 @@ class SlackBridge(Bridge):
         self._on_stream = on_stream
         self._ledger = DeliveryLedger(REMEMBERED)
         self._seen: OrderedDict[str, str] = OrderedDict()  # "<channel>:<ts>" → event type
-        self._tasks: set[asyncio.Task[Any]] = set()
         self.web = SlackWeb(cfg, self._ledger, self._waited)
         self._socket: SocketLink | None = None
         self._connector: asyncio.Task[None] | None = None
@@ -170,10 +169,7 @@ class SlackBridge(Bridge):
             connector.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await connector
-        for task in list(self._tasks):
-            task.cancel()
-        if self._tasks:
-            await asyncio.wait(self._tasks, timeout=5)
+        await self.cancel_turns()
         endpoint, self._endpoint = self._endpoint, None
         if endpoint is not None:
             await endpoint.close()
@@ -273,9 +269,7 @@ class SlackBridge(Bridge):
         if event is None:
             self.count("ignored")
             return
-        task = asyncio.create_task(self._handle(event))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self.spawn(self._handle(event))
 
     def _twin(self, msg: SlackMessage) -> bool:
         """Whether ``msg`` was seen as the other event type (message / app_mention)."""
@@ -302,13 +296,9 @@ class SlackBridge(Bridge):
 
     async def _answer(self, event: Event, reply: Reply | None) -> None:
         """Deliver a whole reply (see the module doc on duplicates)."""
-        if reply is None or not reply.components or reply.error in SILENT_ERRORS:
-            return
         key = f"{event.session_key}|{event.message_id}"
-        if reply.duplicate:
-            self.count("duplicates")
-            if not await self._ledger.resend_duplicate(key):
-                return
+        if reply is None or not await should_deliver(reply, key, self._ledger, self.count):
+            return
         channel, thread_ts = _target(event.chat_id)
         done = self._ledger.begin(key)
         delivered = False
@@ -385,14 +375,7 @@ class SlackBridge(Bridge):
         (``<channel>:<thread_ts>``), an IM channel, or a user id (``U...``, a private
         key: the IM is opened first). Raises ``PlatformError`` when the key is not this
         platform's or the send fails."""
-        try:
-            platform_id, chat_type, chat_id = parse_session_key(session_key)
-        except MessageFormatError as exc:
-            raise PlatformError(str(exc), platform=self.cfg.id) from None
-        if platform_id != self.cfg.id:
-            raise PlatformError(
-                "not this platform's session", platform=self.cfg.id, session_key=session_key
-            )
+        chat_type, chat_id = self.own_chat(session_key)
         channel, thread_ts = _target(chat_id)
         try:
             if chat_type is ChatType.PRIVATE and channel[:1] in ("U", "W"):

@@ -38,7 +38,7 @@ from telegram.request import HTTPXRequest
 from astr_ray.config import TelegramConfig
 from astr_ray.errors import MessageFormatError, PlatformError
 from astr_ray.lifecycle import Lifecycle, State
-from astr_ray.message import Text, parse_session_key
+from astr_ray.message import Text
 from astr_ray.platforms.base import Backoff, Bridge, OnMessage, OnStream
 from astr_ray.platforms.net import listen
 from astr_ray.platforms.telegram_calls import REDACTED_LOGGERS, BotCalls, Redact
@@ -89,7 +89,6 @@ class TelegramBridge(Bridge):
         self._up = asyncio.Event()
         self._ever_up = False
         self._failing = False
-        self._tasks: set[asyncio.Task[Any]] = set()
         self._link: asyncio.Task[None] | None = None
         self._runner: web.AppRunner | None = None
         self._counts["refused"] = 0
@@ -149,10 +148,7 @@ class TelegramBridge(Bridge):
             self._link.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._link
-        for task in list(self._tasks):
-            task.cancel()
-        if self._tasks:
-            await asyncio.wait(self._tasks, timeout=5)
+        await self.cancel_turns()
         if self._runner is not None:
             await self._runner.cleanup()
         if self._request is not None:
@@ -345,23 +341,14 @@ class TelegramBridge(Bridge):
         if event is None:
             self.count("ignored")
             return True
-        task = asyncio.create_task(self._replies.handle(event))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self.spawn(self._replies.handle(event))
         return True
 
     async def push(self, session_key: str, text: str) -> None:
         """Send ``text`` to a chat on the bot's own initiative (split when long), with the
         same flood-control waits and retries as replies. Raises ``PlatformError`` when
         the key is not this platform's, the bridge is not running, or a send fails."""
-        try:
-            platform_id, _, chat_id = parse_session_key(session_key)
-        except MessageFormatError as exc:
-            raise PlatformError(str(exc), platform=self.cfg.id) from None
-        if platform_id != self.cfg.id:
-            raise PlatformError(
-                "not this platform's session", platform=self.cfg.id, session_key=session_key
-            )
+        _, chat_id = self.own_chat(session_key)
         if self._replies is None or self.lifecycle.state is not State.RUNNING:
             raise PlatformError("not running", platform=self.cfg.id, session_key=session_key)
         try:

@@ -23,7 +23,7 @@ from telegram import Message
 from astr_ray.config import TelegramConfig
 from astr_ray.errors import PlatformError
 from astr_ray.message import ChatType, Component, Event, File, Image, Reply, ReplyTo, Text, Voice
-from astr_ray.platforms.base import SILENT_ERRORS, EditStream, OnMessage, OnStream, split_text
+from astr_ray.platforms.base import EditStream, OnMessage, OnStream, should_deliver, split_text
 from astr_ray.platforms.delivery import DeliveryLedger
 from astr_ray.platforms.telegram_calls import BotCalls
 
@@ -100,13 +100,9 @@ class Replies:
         return int(event.message_id) if event.chat_type is ChatType.GROUP else None
 
     async def _answer(self, event: Event, reply: Reply | None) -> None:
-        if reply is None or not reply.components or reply.error in SILENT_ERRORS:
-            return
         key = self._key(event)
-        if reply.duplicate:
-            self._count("duplicates")
-            if not await self.ledger.resend_duplicate(key):
-                return
+        if reply is None or not await should_deliver(reply, key, self.ledger, self._count):
+            return
         chat_id = chat_param(event.chat_id)
         quote = self._quote(event)
         await self._deliver(key, lambda: self.send(chat_id, reply.components, quote))
