@@ -10,6 +10,9 @@ __all__ = [
     "Activation",
     "ActorEvent",
     "ConversationInfo",
+    "KbChunk",
+    "KbDocument",
+    "KnowledgeBase",
     "NewMessage",
     "Persona",
     "SessionState",
@@ -116,3 +119,58 @@ class Persona:
     system_prompt: str
     begin_dialogs: list[tuple[str, str]] = field(default_factory=list)
     tools: list[str] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class KnowledgeBase:
+    """A knowledge base, with how many documents and chunks it holds.
+
+    ``embedder`` names the model its vectors come from, ``dim`` their length.
+    """
+
+    id: int
+    name: str
+    description: str
+    embedder: str
+    dim: int
+    created_at: float
+    documents: int
+    chunks: int
+
+
+@dataclass(frozen=True, slots=True)
+class KbDocument:
+    """A document of a knowledge base and how far its ingestion got.
+
+    ``status`` is ``pending``, ``parsing``, ``embedding``, ``ready`` or ``failed`` (then
+    ``error`` says why); ``chunks`` is what ingestion last reported, not a live count.
+    """
+
+    id: int
+    kb_id: int
+    name: str
+    source: str
+    sha256: str
+    size: int
+    status: str
+    error: str | None
+    chunks: int
+    created_at: float
+    updated_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class KbChunk:
+    """A chunk of a document, with the document's name for citations.
+
+    ``seq`` is its position in the document it was first stored for; ``heading`` the
+    Markdown heading it sits under, if any.
+    """
+
+    id: int
+    kb_id: int
+    doc_id: int
+    seq: int
+    text: str
+    heading: str | None
+    doc_name: str

@@ -19,7 +19,8 @@ already committed platform event raises ``DuplicateEventError``.
     ├── conversations         sessions and their conversations
     ├── turns                 committing turns, message history, processed events
     ├── activation            activate_many: many sessions brought to life at once
-    └── settings              settings, plugin key-value pairs, personas
+    ├── settings              settings, plugin key-value pairs, personas
+    └── knowledge             knowledge bases, their documents, chunks and vectors
     store.Store               opening, closing, migrating; the actor event log
 """
 
@@ -41,6 +42,7 @@ from astr_ray.store import migrate as _migrate
 from astr_ray.store.activation import ActivationMixin
 from astr_ray.store.base import clock
 from astr_ray.store.conversations import ConversationsMixin
+from astr_ray.store.knowledge import KnowledgeMixin
 from astr_ray.store.records import ActorEvent
 from astr_ray.store.settings import KV_VALUE_LIMIT, SettingsMixin
 from astr_ray.store.tables import actor_events
@@ -98,7 +100,7 @@ def _mkdir_parent(database: str) -> None:
     Path(database).parent.mkdir(parents=True, exist_ok=True)
 
 
-class Store(ConversationsMixin, TurnsMixin, ActivationMixin, SettingsMixin):
+class Store(ConversationsMixin, TurnsMixin, ActivationMixin, SettingsMixin, KnowledgeMixin):
     """Sessions, conversations, messages, idempotency records, settings, plugin key-value
     pairs and personas in one database.
 

@@ -11,6 +11,10 @@ This module is the single source of truth for table shapes; the hand-written mig
 
     settings (scope, key)   plugin_kv (plugin, key)   personas (name)     standalone, no FKs
 
+    kb_bases ◄──(kb_id, CASCADE)── kb_documents ◄──(doc_id, CASCADE)── kb_chunks
+        ▲                                                                 │
+        └──────────────────────────(kb_id, CASCADE)───────────────────────┘
+
 Timestamps are float unix seconds in ``Float`` columns: simple and identical on every backend.
 Constraint names follow ``NAMING_CONVENTION`` so that migrations can refer to them by name.
 """
@@ -25,6 +29,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
@@ -36,6 +41,9 @@ __all__ = [
     "NAMING_CONVENTION",
     "actor_events",
     "conversations",
+    "kb_bases",
+    "kb_chunks",
+    "kb_documents",
     "messages",
     "metadata",
     "personas",
@@ -158,4 +166,68 @@ personas = Table(
     Column("tools", JSON(none_as_null=True), nullable=True),
     Column("created_at", Float, nullable=False),
     Column("updated_at", Float, nullable=False),
+)
+
+# -- knowledge bases -------------------------------------------------------------------
+#
+# Their ids are held outside the database (shard indexes and snapshots, running ingestions),
+# so they are never reused: ``sqlite_autoincrement`` gives SQLite the ``AUTOINCREMENT``
+# keyword, without which a deleted largest id comes back (PostgreSQL sequences never do).
+
+# ``embedder`` names the model the vectors come from and ``dim`` their length: a base's
+# vectors are only comparable among themselves.
+kb_bases = Table(
+    "kb_bases",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("name", String(64), nullable=False, unique=True),
+    Column("description", Text, nullable=False),
+    Column("embedder", String(128), nullable=False),
+    Column("dim", Integer, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    sqlite_autoincrement=True,
+)
+
+# ``status``: pending | parsing | embedding | ready | failed (``error`` says why it failed).
+# The unique constraint is also the index on ``kb_id`` (its leading column) that listing a
+# base's documents and the cascade from ``kb_bases`` use; a separate one would be redundant.
+kb_documents = Table(
+    "kb_documents",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("kb_id", Integer, ForeignKey("kb_bases.id", ondelete="CASCADE"), nullable=False),
+    Column("name", String(512), nullable=False),
+    Column("source", Text, nullable=False),
+    Column("sha256", String(64), nullable=False),
+    Column("size", Integer, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("error", Text, nullable=True),
+    Column("chunks", Integer, nullable=False, server_default="0"),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    UniqueConstraint("kb_id", "name"),
+    sqlite_autoincrement=True,
+)
+
+# ``hash`` is unique per base: a chunk of text is stored (and embedded) once however many
+# documents contain it. ``vector`` is float32 little-endian bytes, NULL until embedded.
+kb_chunks = Table(
+    "kb_chunks",
+    metadata,
+    Column("id", _BigId, primary_key=True, autoincrement=True),
+    Column("kb_id", Integer, ForeignKey("kb_bases.id", ondelete="CASCADE"), nullable=False),
+    Column("doc_id", Integer, ForeignKey("kb_documents.id", ondelete="CASCADE"), nullable=False),
+    Column("seq", Integer, nullable=False),
+    Column("text", Text, nullable=False),
+    Column("heading", Text, nullable=True),
+    Column("hash", String(64), nullable=False),
+    Column("vector", LargeBinary, nullable=True),
+    UniqueConstraint("kb_id", "hash"),
+    # Shards page through a base's chunks in id order (``iter_chunk_vectors``).
+    Index(None, "kb_id", "id"),
+    # A document's chunks: deleting or replacing one, and the cascade from ``kb_documents``
+    # (without it, SQLite scans every chunk once per deleted document).
+    Index(None, "doc_id"),
+    sqlite_autoincrement=True,
 )

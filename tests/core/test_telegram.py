@@ -493,6 +493,7 @@ async def test_start_once_and_stop_is_clean(link: Link) -> None:
 
 async def test_the_token_is_never_logged(bot: Bot, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
+    caplog.set_level(logging.DEBUG, logger="httpx")  # the runtime quiets it; open it up here
     async with linked(bot) as lk:
         await lk.fake.private(568, "hello")
         await lk.fake.wait_sent(1)

@@ -52,8 +52,8 @@ def _count_statements(store: Store) -> Iterator[list[str]]:
 
 
 async def test_migration_0002_matches_tables(store: Store) -> None:
-    assert head_revision() == "0002"
-    assert await store.schema_version() == "0002"
+    assert head_revision() == "0003"
+    assert await store.schema_version() == "0003"
 
     def diff(conn: Connection) -> list[Any]:
         return compare_metadata(MigrationContext.configure(conn), metadata)
@@ -76,7 +76,7 @@ async def test_upgrade_from_0001_keeps_data_and_adds_tables(store: Store) -> Non
 
     await store.migrate()
 
-    assert await store.schema_version() == "0002"
+    assert await store.schema_version() == "0003"
     assert await store.count_messages(state.conversation_id) == 2
     await store.set_setting("global", "k", 1)
     assert await store.get_setting("global", "k") == 1

@@ -69,7 +69,7 @@ async def test_migrate_twice_is_noop_and_matches_tables(store: Store) -> None:
     await store.migrate()
     await store.migrate()
 
-    assert await store.schema_version() == head_revision() == "0002"
+    assert await store.schema_version() == head_revision() == "0003"
 
     def diff(conn: Connection) -> list[Any]:
         return compare_metadata(MigrationContext.configure(conn), metadata)
