@@ -118,8 +118,10 @@ class Supervisor:
         self._host_placement: dict[str, Any] = {"scheduling_strategy": "SPREAD"}
         if use_hosts:
             self._host_placement["resources"] = {"session_hosts": 1}
+        # A marker, not a count: every account's adapter (and the web chat) may share
+        # the node that has the network route.
         self._adapter_placement: dict[str, Any] = (
-            {"resources": {"adapters": 1}} if use_adapters else {}
+            {"resources": {"adapters": 0.001}} if use_adapters else {}
         )
         self._control_placement = control_placement(self.cfg)
         initial = [host_name(i) for i in range(self._desired_hosts(ray.nodes()))]

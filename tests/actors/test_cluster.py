@@ -50,6 +50,7 @@ def cluster_rt(
         store={"url": pg_database},
         sessions={"hosts_per_node": 2, "idle_timeout_s": 60, "history_turns": 1000},
         webchat={"port": free_port()},
+        platforms=[{"id": "qq", "port": free_port(), "access_token": "cluster-onebot"}],
         runtime={"placement": "resources"},
     )
     sup, status = rt.start_tree(cfg, timeout=180)
@@ -97,6 +98,18 @@ async def test_sessions_are_spread_over_nodes(
     served = {(await rt.host_of(f"webchat:private:{s}"))[0] for s in sessions}
     nodes_served = {h["node_id"] for h in _hosts(await rt.status()) if h["name"] in served}
     assert nodes_served == worker_ids, "sessions live on both nodes"
+
+
+async def test_every_adapter_shares_the_node_marked_adapters(
+    cluster_rt: tuple[Runtime, list[Any]],
+) -> None:
+    import ray
+
+    rt, _ = cluster_rt
+    marked = {n["NodeID"] for n in ray.nodes() if n["Alive"] and n["Resources"].get("adapters")}
+    adapters = [a for a in (await rt.status())["actors"] if a["kind"] == "adapter"]
+    assert {a["name"] for a in adapters} == {"adapter-webchat", "adapter-qq"}
+    assert all(a["state"] == "alive" and a["node_id"] in marked for a in adapters), adapters
 
 
 async def test_node_join_moves_shards_and_conversations_continue(
