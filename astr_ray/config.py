@@ -35,6 +35,7 @@ __all__ = [
     "Config",
     "DashboardConfig",
     "DiscordConfig",
+    "KnowledgeConfig",
     "McpConfig",
     "McpServerConfig",
     "OneBotConfig",
@@ -361,6 +362,52 @@ class PersonaConfig(_Section):
     system_prompt: str
     begin_dialogs: list[tuple[str, str]] = Field(default_factory=list)
     tools: list[str] | None = Field(default=None, description="allowed tools; null = all")
+    knowledge: list[str] | None = Field(
+        default=None, description="knowledge bases this persona reads; null = knowledge.default"
+    )
+
+
+class KnowledgeConfig(_Section):
+    """Knowledge bases: an embedder pool and sharded hybrid (FAISS + BM25) search."""
+
+    embedder: Literal["minilm", "static", "litellm"] = Field(
+        default="minilm",
+        description="minilm: all-MiniLM-L6-v2 int8 ONNX, offline; static: a 64-dim static "
+        "model (fast, rough); litellm: any embedding API (`model`, `api_base`, `api_key`)",
+    )
+    model: str | None = Field(
+        default=None, description="litellm: e.g. openai/text-embedding-3-small"
+    )
+    api_base: str | None = None
+    api_key: SecretStr | None = None
+    embedders: int = Field(default=1, ge=0, le=64, description="embedder actors (num_cpus=1 each)")
+    batch_size: int = Field(default=64, ge=1, le=2048)
+    shards: int = Field(default=2, ge=1, le=256, description="KnowledgeShard actors")
+    chunk_size: int = Field(default=600, ge=50, le=20_000, description="characters per chunk")
+    chunk_overlap: int = Field(default=80, ge=0, le=5_000)
+    hnsw_threshold: int = Field(
+        default=20_000, ge=0, description="a shard with more chunks uses HNSW, else exact"
+    )
+    top_k: int = Field(default=5, ge=1, le=100)
+    mode: Literal["tool", "context", "both", "off"] = Field(
+        default="tool",
+        description="tool: the model calls search_knowledge; context: top-k chunks are "
+        "added to every prompt; both; off",
+    )
+    default: list[str] = Field(
+        default_factory=list, description="knowledge bases used when a persona names none"
+    )
+    rerank_model: str | None = Field(default=None, description="litellm rerank model, optional")
+    max_document_mb: float = Field(default=20.0, gt=0, le=1024)
+    fetch_timeout_s: float = Field(default=30.0, gt=0, description="adding a document by URL")
+
+    @model_validator(mode="after")
+    def _fits(self) -> KnowledgeConfig:
+        if self.chunk_overlap >= self.chunk_size:
+            raise ValueError("chunk_overlap must be smaller than chunk_size")
+        if self.embedder == "litellm" and not self.model:
+            raise ValueError("the litellm embedder needs `model`")
+        return self
 
 
 class AgentConfig(_Section):
@@ -437,6 +484,7 @@ class Config(_Section):
     platforms: list[PlatformConfig] = Field(default_factory=list)
     sandbox: SandboxConfig = Field(default_factory=SandboxConfig)
     mcp: McpConfig = Field(default_factory=McpConfig)
+    knowledge: KnowledgeConfig = Field(default_factory=KnowledgeConfig)
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
 
     @model_validator(mode="after")

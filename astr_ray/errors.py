@@ -173,6 +173,11 @@ class StopTurn(ControlSignal):
     """End the current turn now."""
 
 
+class KnowledgeError(AstrRayError):
+    """A knowledge-base request was refused (an unknown base, a document that is too
+    large, malformed or of an unsupported kind) or its embedding or search failed."""
+
+
 class McpError(AstrRayError):
     """An MCP server could not be started (e.g. a command outside the allow-list),
     reached, or answered a tool call with an error."""
