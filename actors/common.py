@@ -37,6 +37,7 @@ _uvloop_in_ray_workers()
 SUPERVISOR = "supervisor"
 DIRECTORY = "shard-directory"
 WEBCHAT = "adapter-webchat"
+KNOWLEDGE = "knowledge"
 
 
 def host_name(index: int) -> str:

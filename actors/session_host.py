@@ -36,6 +36,7 @@ from actors.common import (
     node_id,
     setup_logging,
 )
+from actors.knowledge import KnowledgeClient
 from actors.mcp_tools import McpTools
 from actors.plugin_worker import remote_handle
 from actors.sandbox_tools import SandboxTools
@@ -95,6 +96,9 @@ class SessionHost:
         self.sandbox_tools = SandboxTools(self.cfg)
         self.mcp_tools = McpTools(self.cfg)
         await self._refresh_tools()
+        knowledge = (
+            KnowledgeClient(self.cfg, self.store) if self.cfg.knowledge.embedders > 0 else None
+        )
         self.processor = TurnProcessor(
             self.store,
             self.chain,
@@ -103,6 +107,7 @@ class SessionHost:
             self.plugins,
             broadcast_reload=self._broadcast_reload,
             tool_sources=[self.sandbox_tools, self.mcp_tools],
+            knowledge=knowledge,
         )
         self.manager = SessionManager(self.processor, self.cfg.sessions, metrics=self.metrics)
         self._maint = asyncio.create_task(self._maintenance())

@@ -41,6 +41,7 @@ from ray.exceptions import ActorDiedError, GetTimeoutError, RayActorError
 
 from actors.common import (
     DIRECTORY,
+    KNOWLEDGE,
     WEBCHAT,
     RayMetricsMirror,
     child_options,
@@ -50,6 +51,9 @@ from actors.common import (
     setup_logging,
 )
 from actors.directory import ShardDirectory
+from actors.embedder import EmbedderWorker, embedder_name
+from actors.kb_shard import KnowledgeShard, shard_name
+from actors.knowledge import KnowledgeService
 from actors.mcp_client import McpClient, mcp_name
 from actors.platform_adapter import PlatformAdapter
 from actors.plugin_worker import PluginWorker, worker_name
@@ -123,6 +127,15 @@ class Supervisor:
         self._adapter_placement: dict[str, Any] = (
             {"resources": {"adapters": 0.001}} if use_adapters else {}
         )
+        # CPU pools (embedders: one cpu_pool unit each, like a core; knowledge shards:
+        # a marker) go to the nodes marked cpu_pool, when the cluster has them.
+        use_pool = mode == "resources" or bool(resources.get("cpu_pool"))
+        self._embedder_placement: dict[str, Any] = (
+            {"resources": {"cpu_pool": 1}} if use_pool else {}
+        )
+        self._kb_shard_placement: dict[str, Any] = (
+            {"resources": {"cpu_pool": 0.001}} if use_pool else {}
+        )
         self._control_placement = control_placement(self.cfg)
         initial = [host_name(i) for i in range(self._desired_hosts(ray.nodes()))]
         directory = self._directory_child(initial)
@@ -145,6 +158,12 @@ class Supervisor:
         for server in self.cfg.mcp.servers:
             if server.enabled:
                 self._add(self._mcp_child(server.name))
+        if self.cfg.knowledge.embedders > 0:
+            for i in range(self.cfg.knowledge.embedders):
+                self._add(self._embedder_child(i))
+            for j in range(self.cfg.knowledge.shards):
+                self._add(self._kb_shard_child(j))
+            self._add(self._knowledge_child())
         for h in self.table.hosts:
             self._add(self._host_child(h))
         for platform in self.cfg.platforms:
@@ -220,6 +239,39 @@ class Supervisor:
         cfg = self.transport
         return Child(name, "sandbox", lambda: SandboxExecutor.options(**opts).remote(name, cfg))  # type: ignore[attr-defined]
 
+    def _embedder_child(self, index: int) -> Child:
+        name = embedder_name(index)
+        # One CPU each (the point of the pool), spread over the nodes that have them.
+        opts = child_options(
+            name,
+            self.cfg.runtime.namespace,
+            max_concurrency=16,
+            num_cpus=1,
+            scheduling_strategy="SPREAD",
+            **self._embedder_placement,
+        )
+        cfg = self.transport
+        return Child(name, "embedder", lambda: EmbedderWorker.options(**opts).remote(name, cfg))  # type: ignore[attr-defined]
+
+    def _kb_shard_child(self, index: int) -> Child:
+        name = shard_name(index)
+        opts = child_options(
+            name,
+            self.cfg.runtime.namespace,
+            max_concurrency=1000,
+            scheduling_strategy="SPREAD",
+            **self._kb_shard_placement,
+        )
+        cfg = self.transport
+        return Child(name, "kb_shard", lambda: KnowledgeShard.options(**opts).remote(index, cfg))  # type: ignore[attr-defined]
+
+    def _knowledge_child(self) -> Child:
+        opts = child_options(
+            KNOWLEDGE, self.cfg.runtime.namespace, max_concurrency=1000, **self._control_placement
+        )
+        cfg = self.transport
+        return Child(KNOWLEDGE, "knowledge", lambda: KnowledgeService.options(**opts).remote(cfg))  # type: ignore[attr-defined]
+
     def _mcp_child(self, server: str) -> Child:
         name = mcp_name(server)
         opts = child_options(
@@ -260,7 +312,7 @@ class Supervisor:
     async def _call_start(self, child: Child) -> tuple[dict[str, Any], bool]:
         """Start the child; ``fresh`` is False when it was running already (re-attach)."""
         fresh = True
-        if child.kind in ("session_host", "adapter", "plugin", "sandbox", "mcp"):
+        if child.kind in STARTED_KINDS:
             try:
                 await asyncio.wait_for(child.handle.start.remote(), 60)
             except RayActorError:
@@ -281,7 +333,7 @@ class Supervisor:
             if child.handle is None:
                 continue
             try:
-                if child.kind in ("session_host", "adapter", "plugin", "sandbox", "mcp"):
+                if child.kind in STARTED_KINDS:
                     await asyncio.wait_for(child.handle.stop.remote(), 15)
             except Exception as exc:
                 log.warning("stopping %s: %s", child.name, exc)
@@ -683,7 +735,11 @@ class Supervisor:
         return out
 
 
-OPTIONAL_KINDS = frozenset({"plugin", "sandbox", "mcp"})
+OPTIONAL_KINDS = frozenset({"plugin", "sandbox", "mcp", "embedder", "kb_shard", "knowledge"})
+STARTED_KINDS = frozenset(
+    {"session_host", "adapter", "plugin", "sandbox", "mcp", "embedder", "kb_shard", "knowledge"}
+)
+"""Children with ``start``/``stop`` methods (the others start in their constructor)."""
 PLATFORM_FIGURES = (
     "reconnects",
     "events",

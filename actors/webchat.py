@@ -15,10 +15,19 @@ from typing import Any
 
 import ray
 import uvicorn
+from ray.exceptions import RayActorError, RayTaskError
 
-from actors.common import SUPERVISOR, RayMetricsMirror, get_actor, node_id, setup_logging
+from actors.common import (
+    KNOWLEDGE,
+    SUPERVISOR,
+    RayMetricsMirror,
+    get_actor,
+    node_id,
+    setup_logging,
+)
 from actors.router import HostRouter
 from astr_ray.config import Config, parse_config
+from astr_ray.errors import KnowledgeError
 from astr_ray.lifecycle import Lifecycle
 from astr_ray.message import Event, Reply, parse_session_key
 from astr_ray.metrics import Metrics, Snapshot
@@ -49,7 +58,12 @@ class WebChatAdapter:
     async def _on_start(self) -> None:
         self.router = HostRouter.for_config(self.cfg)
         token = self.cfg.webchat.token.get_secret_value() if self.cfg.webchat.token else ""
-        app = create_app(self, token, max_chars=self.cfg.webchat.max_message_chars)
+        app = create_app(
+            self,
+            token,
+            max_chars=self.cfg.webchat.max_message_chars,
+            max_upload=int(self.cfg.knowledge.max_document_mb * 1024 * 1024),
+        )
         config = uvicorn.Config(
             app,
             host=self.cfg.webchat.host,
@@ -122,6 +136,22 @@ class WebChatAdapter:
 
     def metrics_snapshot(self) -> Snapshot:
         return self.metrics.snapshot()
+
+    async def knowledge(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        """Call the KnowledgeService; its refusals come back as ``KnowledgeError``."""
+        if self.cfg.knowledge.embedders < 1:
+            raise KnowledgeError("knowledge bases are off (knowledge.embedders is 0)")
+        try:
+            service = get_actor(KNOWLEDGE, self.cfg.runtime.namespace)
+            return await asyncio.wait_for(getattr(service, method).remote(*args, **kwargs), 120)
+        except RayTaskError as exc:
+            if isinstance(exc.cause, KnowledgeError):
+                raise exc.cause from None
+            raise
+        except (RayActorError, ValueError, TimeoutError) as exc:
+            raise KnowledgeError(
+                f"the knowledge service is not available ({type(exc).__name__})"
+            ) from None
 
     async def metrics_text(self) -> bytes:
         """The whole tree's metrics in Prometheus' text format (for ``/metrics``)."""

@@ -5,6 +5,7 @@
     astr-ray run --address ADDR        start (or re-attach to) the tree on a Ray cluster
     astr-ray status [--address auto]   actors, state, restarts, sessions per host
     astr-ray stop   [--address auto]   drain and stop the tree
+    astr-ray kb ls|create|add|search|rm  knowledge bases (astr_ray.cli_kb)
     astr-ray rolling-restart           replace session hosts one by one (after an upgrade)
     astr-ray chat                      talk to the running bot from the terminal
     astr-ray plugin ls                 installed plugins: version, source, manifest errors
@@ -30,6 +31,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from astr_ray.cli_kb import add_kb_parser, cmd_kb
 from astr_ray.config import DEFAULT_CONFIG_PATH, Config, load_config, write_default_config
 from astr_ray.errors import ConfigError, PluginError
 
@@ -472,6 +474,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-m", "--message", help="send one message, print the answer, exit")
     p.set_defaults(func=cmd_chat)
     _add_plugin_parser(sub)
+    add_kb_parser(sub)
+    sub.choices["kb"].set_defaults(func=lambda args: cmd_kb(args, _load(args.config)))
     return parser
 
 

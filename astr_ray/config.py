@@ -397,7 +397,6 @@ class KnowledgeConfig(_Section):
     default: list[str] = Field(
         default_factory=list, description="knowledge bases used when a persona names none"
     )
-    rerank_model: str | None = Field(default=None, description="litellm rerank model, optional")
     max_document_mb: float = Field(default=20.0, gt=0, le=1024)
     fetch_timeout_s: float = Field(default=30.0, gt=0, description="adding a document by URL")
 
@@ -755,6 +754,17 @@ mcp:
 #    transport: stdio                   # stdio | sse | http
 #    command: /usr/bin/npx
 #    args: ["-y", "@modelcontextprotocol/server-filesystem", "/srv/shared"]
+
+knowledge:                   # knowledge bases (astr-ray kb ..., /api/kb)
+  embedder: minilm           # minilm (packaged ONNX model, offline) | static | litellm
+  embedders: 1               # embedder actors, one CPU each; 0 turns knowledge bases off
+  shards: 2                  # KnowledgeShard actors (FAISS + BM25)
+  chunk_size: 600            # characters
+  chunk_overlap: 80
+  top_k: 5
+  mode: tool                 # tool (search_knowledge) | context (into every prompt) | both | off
+  default: []                # bases every persona reads unless it names its own
+#  model: openai/text-embedding-3-small  # with embedder: litellm (+ api_base, api_key)
 
 runtime:
   namespace: astr-ray

@@ -52,6 +52,7 @@ class ToolContext:
     is_admin: bool
     disabled: set[str] = field(default_factory=set)  # plugins off for this session
     attachments: list[Image | File] = field(default_factory=list)
+    knowledge: tuple[str, ...] = ()  # the knowledge bases this turn reads
 
     @property
     def session_key(self) -> str:

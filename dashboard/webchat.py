@@ -5,6 +5,7 @@
     POST /api/chat         {"session", "text", "message_id"?} -> {"reply", ...}
     GET  /api/outbox       ?session=: messages the bot sent on its own, kept for polling
     GET  /api/platforms    each chat account: state, connected, reconnects, counters
+    ...  /api/kb...        knowledge bases (dashboard.knowledge_api)
     WS   /ws/chat          client: {"type": "message", "session", "text", "message_id"?}
                            server: {"type": "chunk", "message_id", "text"} ...
                                    {"type": "reply", "message_id", "text", "duplicate",
@@ -35,6 +36,7 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from astr_ray.message import ChatType, Event, Reply, Sender, Text
+from dashboard.knowledge_api import knowledge_routes
 
 __all__ = ["PLATFORM_ID", "ChatBackend", "create_app"]
 
@@ -97,6 +99,8 @@ class ChatBackend(Protocol):
 
     async def metrics_text(self) -> bytes: ...
 
+    async def knowledge(self, method: str, *args: Any, **kwargs: Any) -> Any: ...
+
 
 class BadRequest(ValueError):
     pass
@@ -139,7 +143,13 @@ def _reply_json(reply: Reply) -> dict[str, Any]:
     }
 
 
-def create_app(backend: ChatBackend, token: str, *, max_chars: int = 16_000) -> Starlette:
+def create_app(
+    backend: ChatBackend,
+    token: str,
+    *,
+    max_chars: int = 16_000,
+    max_upload: int = 20 * 1024 * 1024,
+) -> Starlette:
     if not token:
         raise ValueError("the web chat needs a token (run `astr-ray init`)")
     expected = token.encode()
@@ -261,5 +271,6 @@ def create_app(backend: ChatBackend, token: str, *, max_chars: int = 16_000) -> 
             Route("/api/outbox", outbox, methods=["GET"]),
             Route("/api/platforms", platforms, methods=["GET"]),
             WebSocketRoute("/ws/chat", ws_chat),
+            *knowledge_routes(backend, lambda r: authorized(bearer(r)), max_upload),
         ]
     )

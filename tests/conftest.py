@@ -156,6 +156,7 @@ def runtime_config(tmp: Path, primary: FakeLLM, fallback: FakeLLM, **overrides: 
         "fallback": ["primary", "fallback"],
         "sessions": {"hosts": 2, "shards": 64, "idle_timeout_s": 4, "stream_flush_ms": 40},
         "sandbox": {"executors": 0},  # trees that run code say so
+        "knowledge": {"embedders": 0},  # trees with knowledge bases say so
         "webchat": {"port": free_port(), "token": "test-token-" + uuid.uuid4().hex},
         "runtime": {
             "namespace": "astr-test-" + uuid.uuid4().hex[:8],
@@ -176,6 +177,7 @@ FIXTURE_PLUGINS = Path(__file__).resolve().parent / "fixtures" / "plugins"
 RUNTIME_PLUGINS = ("greeter", "raiser", "sleeper", "isolated_box")
 RUNTIME_ADMIN = "runtime-admin"
 ONEBOT_TOKEN = "onebot-test-token"
+KB_NAME = "handbook"  # the shared tree's librarian persona reads this knowledge base
 TELEGRAM_TOKEN = "424242:runtime-telegram-token"
 DISCORD_TOKEN = "runtime-discord-token"
 
@@ -319,6 +321,22 @@ def runtime(
         plugins={"handler_timeout_s": 3, "ping_timeout_s": 2},
         access={"admins": [f"webchat:{RUNTIME_ADMIN}"]},
         sandbox={"executors": 1, "backend": "bwrap", "timeout_s": 20},
+        knowledge={
+            "embedder": "minilm",
+            "embedders": 1,
+            "shards": 2,
+            "chunk_size": 400,
+            "chunk_overlap": 40,
+            "max_document_mb": 1,
+            "mode": "both",
+        },
+        personas=[
+            {
+                "name": "librarian",
+                "system_prompt": "You answer from the handbook.",
+                "knowledge": [KB_NAME],
+            }
+        ],
         platforms=[
             {"id": "qq", "port": free_port(), "access_token": ONEBOT_TOKEN},
             *platform_peers.platform_blocks(),

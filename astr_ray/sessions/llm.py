@@ -10,10 +10,12 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from astr_ray.config import Config, ProviderConfig
-from astr_ray.errors import ProviderUnavailableError
+from astr_ray.errors import KnowledgeError, ProviderUnavailableError
+from astr_ray.kb.tool import Searcher, bases_for, context_note
 from astr_ray.message import Event, File, Image, Reply
 from astr_ray.plugins.manager import PluginManager, Target
 from astr_ray.providers.chain import ProviderChain
@@ -47,6 +49,7 @@ class LLMPath:
     chain: ProviderChain
     plugins: PluginManager | None
     tool_sources: list[ToolSource]
+    knowledge: Searcher | None
     personas: Personas
     counter: TokenCounter
     history_messages: int
@@ -155,6 +158,20 @@ class LLMPath:
         live.history = live.history[-keep:] if keep else []
         return NewMessage("system", live.summary, {"summary": True, "kept": len(live.history)})
 
+    async def _with_knowledge(self, persona: Persona, bases: tuple[str, ...], text: str) -> Persona:
+        """The persona with the passages that best match ``text`` added to its system
+        prompt (counted by ``fit`` like the rest); unchanged when the search fails."""
+        assert self.knowledge is not None
+        try:
+            passages = await self.knowledge.search(bases, text, self.cfg.knowledge.top_k)
+        except KnowledgeError as exc:
+            log.warning("knowledge context skipped: %s", exc)
+            return persona
+        if not passages:
+            return persona
+        prompt = f"{persona.system_prompt}\n\n{context_note(passages)}"
+        return replace(persona, system_prompt=prompt)
+
     def _fits(
         self, live: LiveSession, tools: list[dict[str, Any]] | None
     ) -> Callable[[list[dict[str, Any]]], Awaitable[bool]]:
@@ -185,8 +202,11 @@ class LLMPath:
         ``Reply`` that ends the turn as it is (too long, no provider)."""
         persona = await self.personas.resolve(live.persona)
         context = {"session": live.key, "event": event.message_id}
+        bases = bases_for(self.cfg, persona.knowledge) if self.knowledge is not None else ()
+        if bases and self.cfg.knowledge.mode in ("context", "both"):
+            persona = await self._with_knowledge(persona, bases, text)
         try:
-            tool_ctx = ToolContext(event, is_admin, disabled)
+            tool_ctx = ToolContext(event, is_admin, disabled, knowledge=bases)
             toolbox = ToolBox(self.tool_sources, tool_ctx, persona.tools)
             schemas = toolbox.schemas()
             messages, new = await self.fit(live, persona, text, tools=schemas)

@@ -32,6 +32,7 @@ from astr_ray.errors import (
     DuplicateEventError,
     StoreError,
 )
+from astr_ray.kb.tool import KnowledgeTools, Searcher
 from astr_ray.message import Event, File, Image, Reply, Text
 from astr_ray.plugins.manager import PluginManager, PluginTools, Target
 from astr_ray.providers.chain import ProviderChain
@@ -111,6 +112,7 @@ class TurnProcessor(LLMPath):
         plugins: PluginManager | None = None,
         broadcast_reload: Callable[[str | None], Awaitable[list[str]]] | None = None,
         tool_sources: Sequence[ToolSource] = (),
+        knowledge: Searcher | None = None,
     ) -> None:
         from astr_ray.sessions.builtins import builtin_commands
 
@@ -121,9 +123,11 @@ class TurnProcessor(LLMPath):
         self.plugins = plugins
         self.broadcast_reload = broadcast_reload
         # The agent's tools: the plugins' first, then the runtime's (sandbox, MCP).
+        self.knowledge = knowledge
         self.tool_sources: list[ToolSource] = [
             *([PluginTools(plugins, cfg.agent.tool_timeout_s)] if plugins is not None else []),
             *tool_sources,
+            *([KnowledgeTools(cfg, knowledge)] if knowledge is not None else []),
         ]
         self.history_messages = 2 * cfg.sessions.history_turns
         self.globals = GlobalSettings(

@@ -119,6 +119,7 @@ class Persona:
     system_prompt: str
     begin_dialogs: list[tuple[str, str]] = field(default_factory=list)
     tools: list[str] | None = None
+    knowledge: list[str] | None = None  # config personas only; None = knowledge.default
 
 
 @dataclass(frozen=True, slots=True)

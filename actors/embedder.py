@@ -1,0 +1,146 @@
+"""EmbedderWorker actors: the embedding pool ("embedder-<i>", ``num_cpus=1`` each).
+
+    KnowledgeService (ingestion batches) ─┬─► embedder-0 ─► vectors
+    KnowledgeClient (one query)          ─┴─► embedder-1 ─► vectors
+
+Each worker loads the configured model once (``knowledge.embedder``: the packaged
+MiniLM ONNX model by default) and embeds batches in a worker thread, so its pings stay
+answered. One CPU each: N workers use N cores, on any node. A batch that was running
+when its worker died is sent again by the caller (``EmbedderPool``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from typing import Any
+
+import numpy as np
+import ray
+from ray.exceptions import RayActorError
+
+from actors.common import get_actor, node_id, setup_logging
+from astr_ray.config import Config, parse_config
+from astr_ray.errors import KnowledgeError
+from astr_ray.kb.embed import Embedder, make_embedder
+from astr_ray.lifecycle import Lifecycle
+
+log = logging.getLogger(__name__)
+
+try:  # Ray >= 2.30 raises this while an actor is restarting
+    from ray.exceptions import ActorUnavailableError
+
+    _GONE: tuple[type[BaseException], ...] = (RayActorError, ActorUnavailableError, ValueError)
+except ImportError:  # pragma: no cover
+    _GONE = (RayActorError, ValueError)
+
+
+def embedder_name(index: int) -> str:
+    return f"embedder-{index}"
+
+
+@ray.remote
+class EmbedderWorker:
+    def __init__(self, name: str, config: dict[str, Any]) -> None:
+        setup_logging(name)
+        self.name = name
+        self.cfg: Config = parse_config(config)
+        self.lifecycle = Lifecycle(name, self._on_start, self._on_stop)
+        self.embedder: Embedder | None = None
+        self.batches = 0
+        self.texts = 0
+        self.busy_s = 0.0
+        self.started_at = time.time()
+
+    async def start(self) -> dict[str, Any]:
+        await self.lifecycle.start()
+        return await self.ping()
+
+    async def _on_start(self) -> None:
+        self.embedder = await asyncio.to_thread(make_embedder, self.cfg.knowledge)
+        log.info("embedder %s up (dim %d)", self.embedder.name, self.embedder.dim)
+
+    async def _on_stop(self) -> None:
+        self.embedder = None
+
+    async def stop(self) -> None:
+        await self.lifecycle.stop()
+
+    async def embed(self, texts: list[str]) -> np.ndarray:
+        """Vectors for ``texts`` (float32, L2-normalized rows)."""
+        await self.lifecycle.ensure_started()
+        assert self.embedder is not None
+        began = time.perf_counter()
+        sync = getattr(self.embedder, "embed_sync", None)
+        if sync is not None:  # local models: compute off the event loop
+            vectors: np.ndarray = await asyncio.to_thread(sync, texts)
+        else:
+            vectors = await self.embedder.embed(texts)
+        self.busy_s += time.perf_counter() - began
+        self.batches += 1
+        self.texts += len(texts)
+        return vectors
+
+    async def ping(self) -> dict[str, Any]:
+        if self.lifecycle.state.value == "new":
+            await self.lifecycle.ensure_started()  # Ray restarted this process
+        return {
+            "pid": os.getpid(),
+            "node_id": node_id(),
+            "state": self.lifecycle.state.value,
+            "started_at": self.started_at,
+            "embedder": self.embedder.name if self.embedder else None,
+            "dim": self.embedder.dim if self.embedder else None,
+            "batches": self.batches,
+            "texts": self.texts,
+            "busy_s": round(self.busy_s, 3),
+        }
+
+
+class EmbedderPool:
+    """The caller's side of the pool: round robin over the workers, and a batch whose
+    worker died (or is restarting) is sent again, to the next worker, until
+    ``deadline_s``. Embedding is a pure function of the texts, so a batch done twice
+    costs time but never changes a result."""
+
+    def __init__(self, namespace: str, size: int, deadline_s: float = 120.0) -> None:
+        self.namespace = namespace
+        self.size = size
+        self.deadline_s = deadline_s
+        self.retries = 0
+        self._next = 0
+        self._handles: dict[int, Any] = {}
+
+    def _handle(self, index: int) -> Any:
+        if index not in self._handles:
+            self._handles[index] = get_actor(embedder_name(index), self.namespace)
+        return self._handles[index]
+
+    async def embed(self, texts: list[str]) -> np.ndarray:
+        if self.size < 1:
+            raise KnowledgeError("no embedder is running (knowledge.embedders is 0)")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.deadline_s
+        attempt = 0
+        while True:
+            index = self._next % self.size
+            self._next += 1
+            try:
+                result: np.ndarray = await self._handle(index).embed.remote(texts)
+                return result
+            except _GONE as exc:
+                self._handles.pop(index, None)
+                attempt += 1
+                self.retries += 1
+                if loop.time() > deadline:
+                    raise KnowledgeError(
+                        "no embedder answered in time", embedder=embedder_name(index)
+                    ) from exc
+                log.warning(
+                    "embedder %s unavailable (%s); sending the batch again",
+                    embedder_name(index),
+                    type(exc).__name__,
+                )
+                await asyncio.sleep(min(2.0, 0.1 * 2 ** min(attempt, 4)))
