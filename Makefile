@@ -25,7 +25,7 @@ lint: $(STAMP)
 
 # Install, lint, type-check, then run the whole test suite with coverage.
 test: lint
-	$(PY) -m pytest --cov=astr_ray --cov=actors --cov=dashboard --cov=sandbox --cov-report=term:skip-covered
+	$(PY) -m pytest --durations=10 --cov=astr_ray --cov=actors --cov=dashboard --cov=sandbox --cov-report=term:skip-covered
 
 bench: $(STAMP)
 	$(PY) -m bench.webchat_throughput
@@ -33,6 +33,7 @@ bench: $(STAMP)
 	$(PY) -m bench.plugin_isolation
 	$(PY) -m bench.sandbox
 	$(PY) -m bench.onebot_throughput
+	$(PY) -m bench.knowledge
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .coverage

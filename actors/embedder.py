@@ -5,8 +5,11 @@
 
 Each worker loads the configured model once (``knowledge.embedder``: the packaged
 MiniLM ONNX model by default) and embeds batches in a worker thread, so its pings stay
-answered. One CPU each: N workers use N cores, on any node. A batch that was running
-when its worker died is sent again by the caller (``EmbedderPool``).
+answered. One CPU each, really: a worker computes one batch at a time (two batches run
+at once in one ONNX session would take two cores; callers keep the next batch queued
+here instead, hiding the hop) and the tokenizer's own thread pool is off. N workers
+use N cores, on any node. A batch that was running when its worker died is sent again
+by the caller (``EmbedderPool``).
 """
 
 from __future__ import annotations
@@ -45,8 +48,10 @@ def embedder_name(index: int) -> str:
 class EmbedderWorker:
     def __init__(self, name: str, config: dict[str, Any]) -> None:
         setup_logging(name)
+        os.environ["TOKENIZERS_PARALLELISM"] = "false"  # before tokenizers is imported
         self.name = name
         self.cfg: Config = parse_config(config)
+        self._one_at_a_time = asyncio.Lock()
         self.lifecycle = Lifecycle(name, self._on_start, self._on_stop)
         self.embedder: Embedder | None = None
         self.batches = 0
@@ -72,13 +77,14 @@ class EmbedderWorker:
         """Vectors for ``texts`` (float32, L2-normalized rows)."""
         await self.lifecycle.ensure_started()
         assert self.embedder is not None
-        began = time.perf_counter()
         sync = getattr(self.embedder, "embed_sync", None)
-        if sync is not None:  # local models: compute off the event loop
-            vectors: np.ndarray = await asyncio.to_thread(sync, texts)
-        else:
-            vectors = await self.embedder.embed(texts)
-        self.busy_s += time.perf_counter() - began
+        if sync is None:  # an embedding API: I/O, any number at once
+            vectors: np.ndarray = await self.embedder.embed(texts)
+        else:  # a local model: one batch at a time, off the event loop
+            async with self._one_at_a_time:
+                began = time.perf_counter()
+                vectors = await asyncio.to_thread(sync, texts)
+                self.busy_s += time.perf_counter() - began
         self.batches += 1
         self.texts += len(texts)
         return vectors

@@ -68,6 +68,7 @@ class KnowledgeShard:
     async def _on_start(self) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
         self.store = await Store.open(self.cfg.store_url)
+        await self.store.migrate()  # a no-op once the Supervisor has migrated
         began = time.perf_counter()
         for kb in await self.store.list_kbs():
             await self._load(kb.id, kb.dim)

@@ -406,17 +406,23 @@ class KnowledgeService:
             raise KnowledgeError(f"cannot fetch the URL: {type(exc).__name__}", url=url) from None
 
     async def _embed_document(self, kb: KnowledgeBase, doc_id: int, job: Job | None) -> None:
-        """Embed the document's chunks that have no vector yet, a few batches at a time
-        (as many in flight as there are embedders, times two), storing each batch's
-        vectors before its shards are told."""
+        """Embed the document's chunks that have no vector yet: batches stream to the
+        pool with as many in flight as there are embedders, times two (so none waits
+        for the slowest batch of a round), each batch's vectors stored before its
+        shards are told."""
         batch = self.kcfg.batch_size
-        width = max(1, self.kcfg.embedders) * 2
+        in_flight = asyncio.Semaphore(max(1, self.kcfg.embedders) * 2)
+
+        async def one(piece: list[tuple[int, str]]) -> None:
+            async with in_flight:
+                await self._embed_batch(kb, piece, job)
+
         while True:
-            todo = await self.store.chunks_without_vectors(kb.id, doc_id, limit=batch * width)
+            todo = await self.store.chunks_without_vectors(kb.id, doc_id, limit=1_000_000)
             if not todo:
                 return
             pieces = [todo[i : i + batch] for i in range(0, len(todo), batch)]
-            await asyncio.gather(*(self._embed_batch(kb, piece, job) for piece in pieces))
+            await asyncio.gather(*(one(piece) for piece in pieces))
 
     async def _embed_batch(
         self, kb: KnowledgeBase, rows: list[tuple[int, str]], job: Job | None
