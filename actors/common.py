@@ -15,6 +15,7 @@ import sys
 from typing import Any
 
 import ray
+from ray.exceptions import RayActorError
 
 
 def _uvloop_in_ray_workers() -> None:
@@ -38,6 +39,16 @@ SUPERVISOR = "supervisor"
 DIRECTORY = "shard-directory"
 WEBCHAT = "adapter-webchat"
 KNOWLEDGE = "knowledge"
+
+try:  # Ray >= 2.30 raises ActorUnavailableError while an actor is restarting
+    from ray.exceptions import ActorUnavailableError
+
+    ACTOR_UNAVAILABLE: tuple[type[BaseException], ...] = (RayActorError, ActorUnavailableError)
+except ImportError:  # pragma: no cover
+    ACTOR_UNAVAILABLE = (RayActorError,)
+ACTOR_GONE: tuple[type[BaseException], ...] = (*ACTOR_UNAVAILABLE, ValueError)
+"""What a call to a named child raises while it restarts or is being created again
+(``ValueError``: no actor by that name right now): worth retrying."""
 
 
 def host_name(index: int) -> str:

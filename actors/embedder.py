@@ -22,22 +22,14 @@ from typing import Any
 
 import numpy as np
 import ray
-from ray.exceptions import RayActorError
 
-from actors.common import get_actor, node_id, setup_logging
+from actors.common import ACTOR_GONE, get_actor, node_id, setup_logging
 from astr_ray.config import Config, parse_config
 from astr_ray.errors import KnowledgeError
 from astr_ray.kb.embed import Embedder, make_embedder
 from astr_ray.lifecycle import Lifecycle
 
 log = logging.getLogger(__name__)
-
-try:  # Ray >= 2.30 raises this while an actor is restarting
-    from ray.exceptions import ActorUnavailableError
-
-    _GONE: tuple[type[BaseException], ...] = (RayActorError, ActorUnavailableError, ValueError)
-except ImportError:  # pragma: no cover
-    _GONE = (RayActorError, ValueError)
 
 
 def embedder_name(index: int) -> str:
@@ -136,7 +128,7 @@ class EmbedderPool:
             try:
                 result: np.ndarray = await self._handle(index).embed.remote(texts)
                 return result
-            except _GONE as exc:
+            except ACTOR_GONE as exc:
                 self._handles.pop(index, None)
                 attempt += 1
                 self.retries += 1

@@ -29,9 +29,8 @@ from typing import Any
 import aiohttp
 import numpy as np
 import ray
-from ray.exceptions import RayActorError
 
-from actors.common import KNOWLEDGE, get_actor, node_id, setup_logging
+from actors.common import ACTOR_GONE, KNOWLEDGE, get_actor, node_id, setup_logging
 from actors.embedder import EmbedderPool
 from actors.kb_shard import shard_name
 from astr_ray.config import Config, parse_config
@@ -46,13 +45,6 @@ from astr_ray.store.records import KnowledgeBase
 
 log = logging.getLogger(__name__)
 
-try:  # Ray >= 2.30 raises this while an actor is restarting
-    from ray.exceptions import ActorUnavailableError
-
-    _GONE: tuple[type[BaseException], ...] = (RayActorError, ActorUnavailableError, ValueError)
-except ImportError:  # pragma: no cover
-    _GONE = (RayActorError, ValueError)
-
 SHARD_DEADLINE_S = 20.0  # a restarting shard is waited for this long, then left out
 KB_CACHE_S = 10.0
 
@@ -64,7 +56,7 @@ async def _retry(call: Any, what: str, deadline_s: float) -> Any:
     for attempt in itertools.count(1):
         try:
             return await call()
-        except _GONE:
+        except ACTOR_GONE:
             if loop.time() > deadline:
                 raise
             log.info("%s unavailable; trying again", what)
@@ -110,7 +102,7 @@ class KnowledgeClient:
         async def call() -> list[Hit]:
             try:
                 return list(await self._shard(index).candidates.remote(kb_ids, vec, query, k))
-            except _GONE:
+            except ACTOR_GONE:
                 self._shards.pop(index, None)
                 raise
 

@@ -25,22 +25,13 @@ from typing import Any
 
 from ray.exceptions import RayActorError
 
-from actors.common import DIRECTORY, get_actor
+from actors.common import ACTOR_GONE, ACTOR_UNAVAILABLE, DIRECTORY, get_actor
 from astr_ray.config import Config
 from astr_ray.errors import MessageFormatError
 from astr_ray.message import Event, Reply
 from astr_ray.sessions.shards import ShardTable
 
 log = logging.getLogger(__name__)
-
-try:  # Ray >= 2.30 raises this while an actor is restarting
-    from ray.exceptions import ActorUnavailableError
-
-    _RETRY: tuple[type[BaseException], ...] = (RayActorError, ActorUnavailableError)
-except ImportError:  # pragma: no cover
-    _RETRY = (RayActorError,)
-# ValueError: no actor by that name right now (the supervisor is creating it again).
-_RETRY_OR_MISSING: tuple[type[BaseException], ...] = (*_RETRY, ValueError)
 
 
 @dataclass
@@ -170,7 +161,7 @@ class HostRouter:
                 if not answer["more"]:
                     break
                 answer = await handle.collect.remote(answer["more"], self.hold_ms)
-        except _RETRY_OR_MISSING as exc:
+        except ACTOR_GONE as exc:
             log.warning(
                 "host %s unavailable (%s); retrying %d messages",
                 host,
@@ -260,7 +251,7 @@ class HostRouter:
                         reply = Reply.from_dict(item["reply"])
                         yield {"reply": _first_delivery(reply, retried=bool(attempts))}
                         return
-            except _RETRY:
+            except ACTOR_UNAVAILABLE:
                 self._handles.pop(host, None)
                 attempts += 1
                 if time.monotonic() - first_sent > self.deadline_s:
