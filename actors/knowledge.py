@@ -45,6 +45,7 @@ from astr_ray.store.records import KnowledgeBase
 
 log = logging.getLogger(__name__)
 
+KEEP_JOBS = 1000  # finished jobs remembered for ``job(id)``
 SHARD_DEADLINE_S = 20.0  # a restarting shard is waited for this long, then left out
 KB_CACHE_S = 10.0
 
@@ -300,6 +301,9 @@ class KnowledgeService:
             )
         job = Job(f"job-{next(self._serial)}-{os.getpid()}", name, document, url or document)
         self.jobs[job.id] = job
+        finished = [j.id for j in self.jobs.values() if j.finished_at is not None]
+        for old in finished[: max(0, len(finished) - KEEP_JOBS)]:  # the oldest go first
+            del self.jobs[old]
         self._spawn(self._ingest(job, data, url, mime))
         return job.to_dict()
 
