@@ -138,6 +138,7 @@ async def test_private_message_is_answered_with_send_msg(link: Link, fake_llm: F
     await link.napcat.private(2001, "and again")
     sent = await link.napcat.wait_sent(2)
     assert sent[1]["message"] == [text("echo: and again (turn 2)")]
+    await until(lambda: link.stat("replies") == 2)  # counted once the action is answered
     stats = link.bridge.stats()
     assert stats["connected"] and stats["connections"] == 1 and stats["self_ids"] == ["10001"]
     assert (stats["events"], stats["replies"], stats["ignored"]) == (2, 2, 0)

@@ -123,6 +123,7 @@ async def test_a_direct_message_is_answered_with_chat_post_message(
     posts = await slack.wait_calls("chat.postMessage", 2)
     assert posts[1] == {"channel": "DU1", "text": "echo: and again (turn 2)"}
     assert slack.sent("auth.test") == [{}] and len(slack.sent("apps.connections.open")) == 1
+    await until(lambda: link.stat("replies") == 2)  # counted once Slack answered
     stats = link.bridge.stats()
     assert stats["connected"] and stats["bot_user"] == "UBOT" and stats["mode"] == "socket"
     assert (stats["events"], stats["replies"], stats["ignored"]) == (2, 2, 0)
