@@ -7,6 +7,8 @@ import socket
 
 from aiohttp import web
 
+from astr_ray.errors import PlatformError
+
 __all__ = ["bound_socket", "listen"]
 
 
@@ -23,15 +25,17 @@ def bound_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-async def listen(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, int]:
+async def listen(
+    app: web.Application, host: str, port: int, platform_id: str
+) -> tuple[web.AppRunner, int]:
     """Serve ``app`` on ``host:port`` (0: a free port); returns the runner (``cleanup()``
-    stops it) and the bound port. Raises ``OSError`` when the port is taken."""
+    stops it) and the bound port. Raises ``PlatformError`` when the port is taken."""
     runner = web.AppRunner(app, shutdown_timeout=1.0, access_log=None)
     await runner.setup()
     try:
         sock = bound_socket(host, port)
-    except OSError:
+    except OSError as exc:
         await runner.cleanup()
-        raise
+        raise PlatformError(f"cannot listen: {exc}", platform=platform_id, port=port) from None
     await web.SockSite(runner, sock).start()
     return runner, int(sock.getsockname()[1])

@@ -98,12 +98,7 @@ class OneBotBridge(Bridge):
         if self.cfg.mode == "reverse":
             app = web.Application()
             app.router.add_get(self.cfg.path, self._accept)
-            try:
-                self._runner, self.port = await listen(app, self.cfg.host, self.cfg.port)
-            except OSError as exc:
-                raise PlatformError(
-                    f"cannot listen: {exc}", platform=self.cfg.id, port=self.cfg.port
-                ) from None
+            self._runner, self.port = await listen(app, self.cfg.host, self.cfg.port, self.cfg.id)
             log.info(
                 "onebot %s: listening on %s:%s%s",
                 self.cfg.id,

@@ -150,12 +150,9 @@ class SlackBridge(Bridge):
             on_refused=self._refused,
             on_garbage=self.malformed,
         )
-        try:
-            self.port = await self._endpoint.start(self.cfg.host, self.cfg.port, self.cfg.path)
-        except OSError as exc:
-            raise PlatformError(
-                f"cannot listen: {exc}", platform=self.cfg.id, port=self.cfg.port
-            ) from None
+        self.port = await self._endpoint.start(
+            self.cfg.host, self.cfg.port, self.cfg.path, self.cfg.id
+        )
         log.info(
             "slack %s: Events API at %s:%s%s", self.cfg.id, self.cfg.host, self.port, self.cfg.path
         )

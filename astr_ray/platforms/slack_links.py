@@ -203,12 +203,12 @@ class EventsEndpoint:
     def listening(self) -> bool:
         return self._runner is not None
 
-    async def start(self, host: str, port: int, path: str) -> int:
+    async def start(self, host: str, port: int, path: str, platform_id: str) -> int:
         """Listen at ``host:port`` (0: a free port) on ``path``; the bound port.
-        Raises ``OSError`` when the port is taken."""
+        Raises ``PlatformError`` when the port is taken."""
         app = web.Application(client_max_size=MAX_BODY)
         app.router.add_post(path, self._on_request)
-        self._runner, bound = await listen(app, host, port)
+        self._runner, bound = await listen(app, host, port, platform_id)
         return bound
 
     async def close(self) -> None:

@@ -132,12 +132,7 @@ class TelegramBridge(Bridge):
     async def _listen(self) -> None:
         app = web.Application()
         app.router.add_post(self.cfg.path, self._on_post)
-        try:
-            self._runner, self.port = await listen(app, self.cfg.host, self.cfg.port)
-        except OSError as exc:
-            raise PlatformError(
-                f"cannot listen: {exc}", platform=self.cfg.id, port=self.cfg.port
-            ) from None
+        self._runner, self.port = await listen(app, self.cfg.host, self.cfg.port, self.cfg.id)
         log.info(
             "telegram %s: webhook on %s:%s%s", self.cfg.id, self.cfg.host, self.port, self.cfg.path
         )
