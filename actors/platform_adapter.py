@@ -10,7 +10,9 @@ group wake rules, and sends each reply back (streamed by edits where the platfor
 that owns it. The platform's message id is the idempotency key, so a message delivered
 again after a reconnect is answered once. Placed with the ``adapters`` resource (the
 node with the network route); Ray restarts it elsewhere if that node goes, and the
-bridge reconnects.
+bridge reconnects. Hosts that need the bytes of an incoming voice message (to
+transcribe it) ask the account's adapter: ``fetch_media`` (the bridge holds the
+credentials and knows the platform's file ids).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from astr_ray.lifecycle import Lifecycle
 from astr_ray.message import Event, Reply
 from astr_ray.metrics import Metrics, Snapshot
 from astr_ray.platforms import make_bridge
+from astr_ray.platforms.base import media_component
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +99,17 @@ class PlatformAdapter:
         await self.lifecycle.ensure_started()
         await self.bridge.push(session_key, text)
         self.metrics.messages.labels(self.platform.id, "out").inc()
+
+    async def fetch_media(self, component: dict[str, Any], max_bytes: int) -> dict[str, Any]:
+        """The bytes of an incoming media component (a ``Voice``, ``Image`` or ``File``
+        as its dict) of this account: ``{"data": bytes, "mime": str | None}``. At most
+        ``max_bytes`` are read. Raises ``MessageFormatError`` for a dict that is no
+        media component and ``PlatformError`` when the bytes cannot be had (see
+        ``Bridge.fetch_media``)."""
+        await self.lifecycle.ensure_started()
+        comp = media_component(component)
+        data, mime = await self.bridge.fetch_media(comp, max_bytes)
+        return {"data": data, "mime": mime}
 
     async def ping(self) -> dict[str, Any]:
         if self.lifecycle.state.value == "new":

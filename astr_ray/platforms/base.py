@@ -7,6 +7,14 @@ and streaming an answer by editing the message that carries it.
 A bridge is one chat account. The adapter actor (``actors.platform_adapter``) builds it
 with ``make_bridge`` (``astr_ray.platforms``), starts it, routes its events to the
 session hosts, and reports its ``stats()``.
+
+Incoming media (``Voice``, ``Image``, ``File``) carry a platform file id or URL, never
+bytes; ``Bridge.fetch_media`` gets the bytes when a host needs them (to transcribe a
+voice message)::
+
+    component ─ data: URL ─────────────────────────► decoded here, for every bridge
+              └ file id / URL ─ bridge._fetch_media ─► the platform's way (getFile,
+                                                        files.info, get_record...)
 """
 
 from __future__ import annotations
@@ -18,9 +26,22 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any, Generic, TypeVar
 
+from pydantic import ValidationError
+
 from astr_ray.config import WakeConfig
 from astr_ray.errors import MessageFormatError, PlatformError
-from astr_ray.message import ChatType, Component, Event, Reply, Text, parse_session_key
+from astr_ray.media import MediaError, check_size, parse_data_url
+from astr_ray.message import (
+    ChatType,
+    Component,
+    Event,
+    File,
+    Image,
+    Reply,
+    Text,
+    Voice,
+    parse_session_key,
+)
 from astr_ray.platforms.delivery import DeliveryLedger
 
 __all__ = [
@@ -28,10 +49,12 @@ __all__ = [
     "Backoff",
     "Bridge",
     "EditStream",
+    "Media",
     "OnMessage",
     "OnStream",
     "group_woken",
     "is_command",
+    "media_component",
     "should_deliver",
     "split_text",
     "strip_prefix",
@@ -50,6 +73,30 @@ SILENT_ERRORS = frozenset({"bot_off", "llm_off"})
 """Replies with these errors carry nothing to say: the bot or its LLM is switched off."""
 
 H = TypeVar("H")
+
+Media = Voice | Image | File
+"""The components whose bytes a bridge can fetch."""
+
+_MEDIA_TYPES: dict[str, type[Voice] | type[Image] | type[File]] = {
+    "voice": Voice,
+    "image": Image,
+    "file": File,
+}
+
+
+def media_component(data: Any) -> Media:
+    """A ``Voice``, ``Image`` or ``File`` from its transport dict (``model_dump``);
+    raises ``MessageFormatError`` for anything else."""
+    kind = data.get("type") if isinstance(data, dict) else None
+    cls = _MEDIA_TYPES.get(kind) if isinstance(kind, str) else None
+    if cls is None:
+        raise MessageFormatError("a media component must be a voice, image or file")
+    try:
+        return cls.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        path = ".".join(str(p) for p in first["loc"]) or "<root>"
+        raise MessageFormatError(f"invalid {kind}: {path}: {first['msg']}") from None
 
 
 class Bridge:
@@ -109,6 +156,37 @@ class Bridge:
     def stats(self) -> dict[str, Any]:
         """``connected`` and the counters since start (see the class doc)."""
         return {"connected": self.connected(), **self._counts}
+
+    async def fetch_media(self, comp: Media, max_bytes: int) -> tuple[bytes, str | None]:
+        """The bytes of an incoming media component and its media type (None when
+        unknown).
+
+        Contract: never more than ``max_bytes`` are read (a declared size over it is
+        refused before any download, a body is cut off as it grows past it). A
+        ``data:`` URL is decoded here for every bridge; any other reference goes to the
+        platform's own way (``_fetch_media``), which asks only the platform's hosts
+        when a credential goes along. Every failure (nothing this bridge can fetch, an
+        unknown file, too large, a host not allowed, the link down) raises
+        ``PlatformError`` naming this account; no message carries a token or a URL
+        that holds one. Nothing is cached: each call fetches again.
+        """
+        if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 1:
+            raise PlatformError("max_bytes must be a positive integer", platform=self.platform_id)
+        try:
+            if comp.url is not None and comp.url.startswith("data:"):
+                parsed = parse_data_url(comp.url)
+                if parsed is None:
+                    raise MediaError("the data URL is broken")
+                check_size(len(parsed[0]), max_bytes)
+                return parsed
+            return await self._fetch_media(comp, max_bytes)
+        except MediaError as exc:
+            raise PlatformError(exc.message, platform=self.platform_id, media=comp.type) from None
+
+    async def _fetch_media(self, comp: Media, max_bytes: int) -> tuple[bytes, str | None]:
+        """The platform's way to fetch what is not a ``data:`` URL (see ``fetch_media``);
+        may raise ``MediaError`` (turned into ``PlatformError`` there)."""
+        raise PlatformError(f"{self.platform} cannot fetch this media", platform=self.platform_id)
 
     def count(self, key: str) -> None:
         self._counts[key] += 1

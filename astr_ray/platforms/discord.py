@@ -31,6 +31,10 @@ loop itself (not JSON) makes the bridge open a new gateway session after a
 discord.py's own delays after failed gateway connects are its own exponential backoff
 (not capped by ``reconnect_max_s``). A refused token or a fatal close code (4004, 4014)
 ends the bridge's attempts: logged, ``stats()["error"]`` says why.
+
+Media. An incoming attachment carries its URL; ``fetch_media`` downloads it (capped,
+without the token) from Discord's CDN hosts (``CDN_HOSTS``) or the ``api_base``
+server's origin, and refuses any other URL.
 """
 
 from __future__ import annotations
@@ -47,11 +51,13 @@ import aiohttp
 from astr_ray.config import DiscordConfig
 from astr_ray.errors import MessageFormatError, PlatformError
 from astr_ray.lifecycle import Lifecycle
-from astr_ray.message import ChatType, Event, Reply, Text
+from astr_ray.media import check_size, fetch_url, media_type, url_allowed
+from astr_ray.message import ChatType, Event, File, Reply, Text
 from astr_ray.platforms.base import (
     Backoff,
     Bridge,
     EditStream,
+    Media,
     OnMessage,
     OnStream,
     should_deliver,
@@ -61,7 +67,7 @@ from astr_ray.platforms.discord_events import CHAT_MESSAGE_TYPES, to_event
 from astr_ray.platforms.discord_gateway import GatewayClient, GatewayHooks, discord, use_server
 from astr_ray.platforms.discord_render import TEXT_LIMIT, Outgoing, render_reply
 
-__all__ = ["DiscordBridge"]
+__all__ = ["CDN_HOSTS", "DiscordBridge"]
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +75,8 @@ REMEMBERED = 4096  # the bot's own message ids (reply wake) and failed deliverie
 FATAL = (discord.LoginFailure, discord.ConnectionClosed, discord.PrivilegedIntentsRequired)
 SEND_ERRORS = (discord.HTTPException, aiohttp.ClientError, OSError, TimeoutError)
 TRANSIENT = (*SEND_ERRORS, discord.GatewayNotFound)
+CDN_HOSTS = ("cdn.discordapp.com", "media.discordapp.net")
+"""Where Discord serves attachments (over https)."""
 
 
 class DiscordBridge(Bridge):
@@ -350,6 +358,23 @@ class DiscordBridge(Bridge):
             ) from None
         self._ledger.sent(str(sent.id))
         return sent
+
+    async def _fetch_media(self, comp: Media, max_bytes: int) -> tuple[bytes, str | None]:
+        """An attachment by its URL, from ``CDN_HOSTS`` or the ``api_base`` origin only
+        (see the module doc); a ``File`` whose size is over ``max_bytes`` is refused
+        before the download."""
+        url = comp.url
+        if url is None or not url.startswith(("http://", "https://")):
+            return await super()._fetch_media(comp, max_bytes)
+        origins = [self.cfg.api_base] if self.cfg.api_base else []
+        if not url_allowed(url, origins=origins, https_hosts=CDN_HOSTS):
+            raise PlatformError(
+                "refused to fetch media from a host that is not Discord's", platform=self.cfg.id
+            )
+        if isinstance(comp, File) and comp.size is not None:
+            check_size(comp.size, max_bytes)
+        data, content_type = await fetch_url(url, max_bytes, timeout_s=self.cfg.action_timeout_s)
+        return data, media_type(content_type, url)
 
     async def push(self, session_key: str, text: str) -> None:
         """Send ``text`` to a channel (a DM channel for a private session) on the bot's

@@ -13,17 +13,15 @@ Everything here is pure: no I/O, no state.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import mimetypes
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from urllib.parse import unquote_to_bytes
 
+from astr_ray.media import parse_data_url
 from astr_ray.message import Component, File, Image, Mention, Text, Voice
 from astr_ray.platforms.base import split_text
 
-__all__ = ["MAX_FILES", "TEXT_LIMIT", "Outgoing", "Upload", "data_url", "render_reply"]
+__all__ = ["MAX_FILES", "TEXT_LIMIT", "Outgoing", "Upload", "render_reply"]
 
 TEXT_LIMIT = 2000
 """Characters of content in one Discord message."""
@@ -44,23 +42,6 @@ class Outgoing:
 
     content: str = ""
     uploads: list[Upload] = field(default_factory=list)
-
-
-def data_url(url: str) -> tuple[bytes, str | None] | None:
-    """The bytes and media type of a ``data:`` URL; None when it is not one or is
-    broken."""
-    if not url.startswith("data:"):
-        return None
-    head, sep, payload = url[5:].partition(",")
-    if not sep:
-        return None
-    mime = head.split(";")[0] or None
-    try:
-        if head.endswith(";base64"):
-            return base64.b64decode(payload, validate=True), mime
-        return unquote_to_bytes(payload), mime
-    except (binascii.Error, ValueError):
-        return None
 
 
 def _filename(comp: Image | Voice | File, mime: str | None) -> str:
@@ -87,7 +68,7 @@ def render_reply(
         elif isinstance(comp, Mention) and text:
             content += f"<@{comp.user_id}>"
         elif isinstance(comp, Image | Voice | File) and comp.url:
-            decoded = data_url(comp.url)
+            decoded = parse_data_url(comp.url)
             if decoded is not None:
                 uploads.append(Upload(_filename(comp, decoded[1]), decoded[0]))
             elif not comp.url.startswith("data:"):

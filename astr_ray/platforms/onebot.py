@@ -14,6 +14,10 @@ reply whose connection dropped mid-turn goes out once the implementation is back
 implementation may re-deliver a message after a reconnect; the pipeline answers the
 repeat with its stored reply (``duplicate=True``), which is sent again only when the
 first delivery failed (``delivery``): the user sees each answer once.
+
+Media. ``fetch_media`` gets the bytes of an incoming image, voice or file: inline
+base64, an http(s) URL, or the implementation's ``get_record`` / ``get_image`` /
+``get_file`` (``onebot_media``).
 """
 
 from __future__ import annotations
@@ -33,11 +37,12 @@ from astr_ray.config import OneBotConfig
 from astr_ray.errors import MessageFormatError, PlatformError
 from astr_ray.lifecycle import Lifecycle, State
 from astr_ray.message import ChatType, Component, Event, Text
-from astr_ray.platforms.base import Backoff, Bridge, OnMessage, should_deliver
+from astr_ray.platforms.base import Backoff, Bridge, Media, OnMessage, should_deliver
 from astr_ray.platforms.delivery import DeliveryLedger
 from astr_ray.platforms.net import listen
 from astr_ray.platforms.onebot_conn import Connection, Socket, token_ok
 from astr_ray.platforms.onebot_events import onebot_id, parse_message_frame, wake
+from astr_ray.platforms.onebot_media import fetch_media
 from astr_ray.platforms.onebot_segments import render_reply
 
 __all__ = ["OneBotBridge"]
@@ -348,6 +353,16 @@ class OneBotBridge(Bridge):
                 raise
             if isinstance(data, dict) and data.get("message_id") is not None:
                 self._ledger.sent(str(data["message_id"]))
+
+    async def _fetch_media(self, comp: Media, max_bytes: int) -> tuple[bytes, str | None]:
+        """Inline base64, an http(s) URL, or a ``get_*`` action (``onebot_media``)."""
+        return await fetch_media(
+            self.call_action,
+            comp,
+            max_bytes,
+            platform_id=self.cfg.id,
+            timeout_s=self.cfg.action_timeout_s,
+        )
 
     async def push(self, session_key: str, text: str) -> None:
         """Send ``text`` to a chat on the bot's own initiative (``send_msg``, split when

@@ -27,7 +27,8 @@ is sent again only when the first delivery failed (``delivery``). Web API calls 
 out HTTP 429 (Retry-After) and are bounded by ``action_timeout_s``.
 
     slack_events   events → ``Event``, wake rules        slack_render   reply → sends
-    slack_web      Web API calls (timeouts, 429s)         slack_links    Socket Mode, Events API
+    slack_web      Web API calls (timeouts, 429s),        slack_links    Socket Mode, Events API
+                   file downloads (``fetch_media``)
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ from astr_ray.platforms.base import (
     Backoff,
     Bridge,
     EditStream,
+    Media,
     OnMessage,
     OnStream,
     should_deliver,
@@ -366,7 +368,14 @@ class SlackBridge(Bridge):
             if done is not None:
                 self._ledger.finish(key, done, delivered)
 
-    # -- pushes ------------------------------------------------------------------------------
+    # -- media and pushes ----------------------------------------------------------------------
+    async def _fetch_media(self, comp: Media, max_bytes: int) -> tuple[bytes, str | None]:
+        """By Slack file id: ``files.info``, then the download with the bot token, from
+        Slack's hosts only (``SlackWeb.download``)."""
+        if comp.file_id is None:
+            return await super()._fetch_media(comp, max_bytes)
+        return await self.web.download(comp.file_id, max_bytes)
+
     async def push(self, session_key: str, text: str) -> None:
         """Send ``text`` to a chat on the bot's own initiative: a channel, a thread
         (``<channel>:<thread_ts>``), an IM channel, or a user id (``U...``, a private

@@ -16,19 +16,17 @@ Everything here is pure: no I/O, no state.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import logging
 import mimetypes
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import unquote_to_bytes
 
+from astr_ray.media import parse_data_url
 from astr_ray.message import Component, File, Image, Mention, Text, Voice
 from astr_ray.platforms.base import split_text
 
-__all__ = ["TEXT_LIMIT", "Post", "Send", "Upload", "data_url", "escape", "render_reply"]
+__all__ = ["TEXT_LIMIT", "Post", "Send", "Upload", "escape", "render_reply"]
 
 log = logging.getLogger(__name__)
 
@@ -61,23 +59,6 @@ class Upload:
 Send = Post | Upload
 
 
-def data_url(url: str) -> tuple[str | None, bytes] | None:
-    """The media type and bytes of a data: URL; None when it is not one or is broken."""
-    if not url.startswith("data:"):
-        return None
-    head, sep, payload = url[5:].partition(",")
-    if not sep:
-        return None
-    params = head.split(";")
-    mime = params[0] or None
-    if "base64" in params[1:]:
-        try:
-            return mime, base64.b64decode(payload, validate=True)
-        except (binascii.Error, ValueError):
-            return None
-    return mime, unquote_to_bytes(payload)
-
-
 def _filename(stem: str, mime: str | None) -> str:
     ext = mimetypes.guess_extension(mime) if mime else None
     return stem + (ext or ".bin")
@@ -85,9 +66,9 @@ def _filename(stem: str, mime: str | None) -> str:
 
 def _image(comp: Image) -> Send | None:
     if comp.url is not None:
-        inline = data_url(comp.url)
+        inline = parse_data_url(comp.url)
         if inline is not None:
-            mime, data = inline
+            data, mime = inline
             return Upload(_filename("image", mime or comp.mime or "image/png"), data)
         if comp.url.startswith(("http://", "https://")):
             block: dict[str, Any] = {"type": "image", "image_url": comp.url, "alt_text": "image"}
@@ -101,9 +82,9 @@ def _image(comp: Image) -> Send | None:
 def _attachment(comp: Voice | File) -> Send | None:
     name = comp.name if isinstance(comp, File) else None
     if comp.url is not None:
-        inline = data_url(comp.url)
+        inline = parse_data_url(comp.url)
         if inline is not None:
-            mime, data = inline
+            data, mime = inline
             return Upload(name or _filename("voice", mime or "audio/mpeg"), data)
         if comp.url.startswith(("http://", "https://")):
             return Post(text=f"<{comp.url}|{escape(name or 'voice message')}>")

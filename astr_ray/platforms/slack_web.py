@@ -7,6 +7,11 @@
 Every message posted is noted in the ``DeliveryLedger`` (as ``<channel>:<ts>``), so a
 thread under it reads as a reply to the bot. Tokens stay inside the SDK client: they
 never reach an error message or a log line.
+
+Files. ``download(file_id)`` asks ``files.info`` for the file's ``url_private_download``
+and fetches it with ``Authorization: Bearer <bot token>``, only from Slack's own hosts
+(``FILE_DOMAINS``) or the configured API base's origin: a file object that points
+anywhere else is refused, so the token never leaves for another host.
 """
 
 from __future__ import annotations
@@ -24,12 +29,16 @@ from slack_sdk.web.async_slack_response import AsyncSlackResponse
 
 from astr_ray.config import SlackConfig
 from astr_ray.errors import PlatformError
+from astr_ray.media import check_size, fetch_url, media_type, url_allowed
 from astr_ray.message import Component
 from astr_ray.platforms.delivery import DeliveryLedger
 from astr_ray.platforms.slack_links import RateLimitRetry
 from astr_ray.platforms.slack_render import Post, Upload, render_reply
 
-__all__ = ["SlackWeb"]
+__all__ = ["FILE_DOMAINS", "SlackWeb"]
+
+FILE_DOMAINS = ("slack.com",)
+"""Where Slack serves files (files.slack.com, over https): the bot token may go there."""
 
 
 class SlackWeb:
@@ -147,3 +156,34 @@ class SlackWeb:
                 raise PlatformError("conversations.open gave no channel", platform=self.cfg.id)
             self._ims[user] = channel
         return channel
+
+    async def download(self, file_id: str, max_bytes: int) -> tuple[bytes, str | None]:
+        """The bytes and media type of the file ``file_id`` (``files.info``, scope
+        files:read). A size over ``max_bytes`` is refused before the download, which is
+        capped too. Raises ``PlatformError`` (unknown file: ``file_not_found``; a URL on
+        a host not allowed) or ``MediaError`` (too large, a failed download)."""
+        resp = await self.call("files.info", self.client.files_info(file=file_id))
+        info = resp.get("file")
+        if not isinstance(info, dict):
+            raise PlatformError("files.info gave no file", platform=self.cfg.id)
+        size = info.get("size")
+        if isinstance(size, int) and not isinstance(size, bool):
+            check_size(size, max_bytes)
+        url = info.get("url_private_download") or info.get("url_private")
+        if not isinstance(url, str) or not url:
+            raise PlatformError("the file has no download URL", platform=self.cfg.id)
+        if not url_allowed(url, origins=[self.cfg.api_base], https_domains=FILE_DOMAINS):
+            raise PlatformError(
+                "refused to send the bot token to a host that is not Slack's",
+                platform=self.cfg.id,
+                file=file_id,
+            )
+        token = self.cfg.bot_token.get_secret_value()
+        data, content_type = await fetch_url(
+            url,
+            max_bytes,
+            timeout_s=self.cfg.action_timeout_s,
+            headers={"Authorization": f"Bearer {token}"},
+        )
+        mime = info.get("mimetype")
+        return data, mime if isinstance(mime, str) and mime else media_type(content_type, url)

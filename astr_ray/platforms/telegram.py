@@ -17,7 +17,8 @@ delivery failed. Sends wait out flood control and retry calls that never reached
 Telegram, within ``action_timeout_s`` (``telegram_calls``).
 
 The token is in every Bot API URL: it is scrubbed from the loggers that print URLs
-(``Redact``) and from our errors, and never put into events or stats.
+(``Redact``) and from our errors, and never put into events or stats. Incoming media
+are file ids; ``fetch_media`` gets their bytes (``telegram_media``).
 """
 
 from __future__ import annotations
@@ -39,9 +40,10 @@ from astr_ray.config import TelegramConfig
 from astr_ray.errors import MessageFormatError, PlatformError
 from astr_ray.lifecycle import Lifecycle, State
 from astr_ray.message import Text
-from astr_ray.platforms.base import Backoff, Bridge, OnMessage, OnStream
+from astr_ray.platforms.base import Backoff, Bridge, Media, OnMessage, OnStream
 from astr_ray.platforms.net import listen
 from astr_ray.platforms.telegram_calls import REDACTED_LOGGERS, BotCalls, Redact
+from astr_ray.platforms.telegram_media import fetch_file, file_base
 from astr_ray.platforms.telegram_replies import Replies, chat_param
 from astr_ray.platforms.telegram_updates import Me, from_elsewhere, seconds, to_event
 
@@ -112,7 +114,7 @@ class TelegramBridge(Bridge):
         bot = Bot(
             self._token,
             base_url=self.cfg.api_base,
-            base_file_url=self.cfg.file_base,
+            base_file_url=file_base(self.cfg),
             request=self._request,
             get_updates_request=self._request,
         )
@@ -338,6 +340,14 @@ class TelegramBridge(Bridge):
             return True
         self.spawn(self._replies.handle(event))
         return True
+
+    async def _fetch_media(self, comp: Media, max_bytes: int) -> tuple[bytes, str | None]:
+        """By file id: ``getFile``, then the download, capped (``telegram_media``)."""
+        if comp.file_id is None:
+            return await super()._fetch_media(comp, max_bytes)
+        if self._calls is None or self.lifecycle.state is not State.RUNNING:
+            raise PlatformError("not running", platform=self.cfg.id)
+        return await fetch_file(self._calls, comp.file_id, max_bytes, self.cfg.action_timeout_s)
 
     async def push(self, session_key: str, text: str) -> None:
         """Send ``text`` to a chat on the bot's own initiative (split when long), with the

@@ -20,11 +20,10 @@ import logging
 import mimetypes
 import os
 import time
-from base64 import b64decode
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import unquote_to_bytes, urlparse
+from urllib.parse import urlparse
 from urllib.request import url2pathname
 
 import httpx
@@ -32,10 +31,11 @@ from telegram import Bot, InputFile, Message, ReplyParameters
 from telegram.error import BadRequest, NetworkError, RetryAfter, TelegramError, TimedOut
 
 from astr_ray.errors import PlatformError
+from astr_ray.media import parse_data_url
 from astr_ray.message import File, Image, Voice
 from astr_ray.platforms.telegram_updates import seconds
 
-__all__ = ["REDACTED_LOGGERS", "BotCalls", "Redact", "data_url_bytes"]
+__all__ = ["REDACTED_LOGGERS", "BotCalls", "Redact"]
 
 log = logging.getLogger(__name__)
 
@@ -82,18 +82,6 @@ class Redact(logging.Filter):
         return True
 
 
-def data_url_bytes(url: str) -> tuple[bytes, str | None]:
-    """The bytes and media type of a ``data:`` URL; raises ``ValueError`` when broken."""
-    head, sep, payload = url.partition(",")
-    if not sep:
-        raise ValueError("data URL without a comma")
-    meta = head.removeprefix("data:")
-    mime = meta.split(";", 1)[0] or None
-    if meta.endswith(";base64"):
-        return b64decode(payload, validate=False), mime
-    return unquote_to_bytes(payload), mime
-
-
 async def _media_input(comp: Image | Voice | File) -> str | InputFile | None:
     """What the Bot API takes for a media component: an http(s) URL as is (Telegram
     fetches it), a data: or file: URL as uploaded bytes, else the Telegram file id."""
@@ -104,7 +92,10 @@ async def _media_input(comp: Image | Voice | File) -> str | InputFile | None:
     if url.startswith(("http://", "https://")):
         return url
     if url.startswith("data:"):
-        data, mime = data_url_bytes(url)
+        parsed = parse_data_url(url)
+        if parsed is None:
+            raise ValueError("a broken data URL")
+        data, mime = parsed
         ext = (mimetypes.guess_extension(mime) if mime else None) or ""
         return InputFile(data, filename=name or f"{comp.type}{ext}")
     path = Path(url2pathname(urlparse(url).path))

@@ -21,7 +21,7 @@ from astr_ray.platforms import make_bridge
 from astr_ray.platforms.base import OnMessage, OnStream
 from astr_ray.platforms.discord import DiscordBridge
 from astr_ray.platforms.discord_events import split_mentions
-from astr_ray.platforms.discord_render import TEXT_LIMIT, Outgoing, Upload, data_url, render_reply
+from astr_ray.platforms.discord_render import TEXT_LIMIT, Outgoing, Upload, render_reply
 from tests.core import platform_kit
 from tests.core.platform_kit import Turns, until
 from tests.core.test_plugins import Bot
@@ -478,9 +478,6 @@ def test_mentions_are_split_from_the_text() -> None:
 
 def test_render_groups_uploads_and_links() -> None:
     blob = "data:text/plain,hi%21"
-    assert data_url(blob) == (b"hi!", "text/plain")
-    assert data_url("data:image/png;base64,!!notbase64") is None
-    assert data_url("https://x/y.png") is None
     assert render_reply([Text(text="  ")]) == []
     many = [File(name=f"f{i}.txt", url=blob) for i in range(12)]
     out = render_reply([Text(text="files:"), *many, Image(file_id="only-an-id")])

@@ -25,7 +25,6 @@ from astr_ray.platforms.slack_render import (
     TEXT_LIMIT,
     Post,
     Upload,
-    data_url,
     escape,
     render_reply,
 )
@@ -550,6 +549,7 @@ def test_replies_render_escaped_and_split() -> None:
     assert render_reply([Image(url="data:image/jpeg;base64,/9j/")]) == [
         Upload("image.jpg", b"\xff\xd8\xff")
     ]
-    assert data_url("data:;base64,not base64!") is None
-    assert data_url("https://x.org/a.png") is None
-    assert data_url("data:text/plain,a%20b") == ("text/plain", b"a b")
+    assert render_reply([Voice(url="data:;base64,not base64!")]) == []
+    assert render_reply([File(name="a.txt", url="data:text/plain,a%20b")]) == [
+        Upload("a.txt", b"a b")
+    ]

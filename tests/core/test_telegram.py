@@ -22,7 +22,7 @@ from astr_ray.message import Event, File, Image, Reply, ReplyTo, Sender, Text, V
 from astr_ray.platforms import make_bridge
 from astr_ray.platforms.base import OnMessage
 from astr_ray.platforms.telegram import TelegramBridge
-from astr_ray.platforms.telegram_calls import BotCalls, data_url_bytes
+from astr_ray.platforms.telegram_calls import BotCalls
 from astr_ray.platforms.telegram_replies import TEXT_LIMIT
 from tests.core import platform_kit
 from tests.core.platform_kit import Turns, until
@@ -518,13 +518,6 @@ async def test_the_token_is_never_logged(bot: Bot, caplog: pytest.LogCaptureFixt
 
 
 # -- pure helpers ---------------------------------------------------------------------------------
-
-
-def test_data_urls_decode() -> None:
-    assert data_url_bytes("data:text/plain,hi%21") == (b"hi!", "text/plain")
-    assert data_url_bytes("data:image/png;base64,aGkh") == (b"hi!", "image/png")
-    with pytest.raises(ValueError):
-        data_url_bytes("data:nocomma")
 
 
 async def test_an_edit_to_the_same_text_is_not_an_error() -> None:

@@ -7,6 +7,7 @@ One aiohttp server on 127.0.0.1 serves both::
                           PATCH channels/{id}/messages/{mid}, users/@me/channels
     /gateway              the gateway WebSocket, plain JSON text frames
     /gateway/resume       the ``resume_gateway_url`` READY hands out
+    /attachments/...      the bytes of attachments made with ``data`` (or ``endless``)
 
 The gateway speaks what discord.py needs: HELLO (op 10), heartbeats (op 1 → op 11),
 IDENTIFY (op 2) → READY (the guild unavailable) then GUILD_CREATE (one text channel and
@@ -24,7 +25,9 @@ gateway socket and ``hold`` keeps a new one waiting before its HELLO;
 ``Retry-After``, ``retry_after`` and ``Via``, which discord.py needs to wait rather than
 fail), ``fail_next(n)`` with 403. ``posts()`` and ``edits()`` are the message calls
 recorded (``wait_sent(n)`` waits for posts); ``messages[mid]`` is every message as it
-shows now (edits applied).
+shows now (edits applied). ``attachment(..., data=b"...")`` serves those bytes at the
+attachment's URL (on this server; without ``data`` the URL is Discord's CDN, as
+before), ``endless=True`` a body that never ends; each download is in ``downloads``.
 """
 
 from __future__ import annotations
@@ -43,6 +46,8 @@ from typing import Any
 from aiohttp import WSMsgType, web
 
 API = "/api/v10"
+CHUNK = 64 * 1024
+ENDLESS_LIMIT = 256 * 1024 * 1024  # an endless body stops here if nobody hangs up
 VOICE_FLAG = 1 << 13  # MessageFlags.voice (IS_VOICE_MESSAGE)
 EVERYONE_PERMISSIONS = "1071698660929"  # view, send, read history, attach, embed...
 
@@ -77,6 +82,19 @@ class Call:
     @property
     def channel_id(self) -> str:
         return self.path.split("/")[2]
+
+
+@dataclass
+class Download:
+    """One request for an attachment's bytes: ``sent`` bytes written, ``hung_up`` when
+    the client closed the connection before the body ended, ``authorization`` the
+    header it carried (attachments need none)."""
+
+    attachment_id: str
+    authorization: str | None
+    status: int = 200
+    sent: int = 0
+    hung_up: bool = False
 
 
 class FakeDiscord:
@@ -118,6 +136,9 @@ class FakeDiscord:
         self._sent = asyncio.Condition()
         self._released = asyncio.Event()  # cleared while ``hold`` is on
         self._released.set()
+        # attachment id → (bytes, None when endless; Content-Type)
+        self.files: dict[str, tuple[bytes | None, str]] = {}
+        self.downloads: list[Download] = []
 
     # -- server -----------------------------------------------------------------------
     @property
@@ -130,6 +151,7 @@ class FakeDiscord:
         app.router.add_get("/gateway", self._gateway)
         app.router.add_get("/gateway/resume", self._gateway)
         app.router.add_route("*", API + "/{tail:.*}", self._rest)
+        app.router.add_get("/attachments/{channel}/{aid}/{filename}", self._attachment)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -203,12 +225,19 @@ class FakeDiscord:
         *,
         size: int = 1024,
         voice_seconds: float | None = None,
+        data: bytes | None = None,
+        endless: bool = False,
     ) -> dict[str, Any]:
         """An attachment as Discord describes it (a voice message's has its duration
-        and waveform)."""
+        and waveform). With ``data`` (its size then is the data's) or ``endless`` the
+        bytes are served by this server, at the attachment's URL."""
         aid = str(next(self._ids))
         url = f"https://cdn.discordapp.com/attachments/{self.channel_id}/{aid}/{filename}"
-        data: dict[str, Any] = {
+        if data is not None or endless:
+            self.files[aid] = (None if endless else data, content_type or "")
+            url = f"http://127.0.0.1:{self.port}/attachments/{self.channel_id}/{aid}/{filename}"
+            size = len(data) if data is not None else size
+        described: dict[str, Any] = {
             "id": aid,
             "filename": filename,
             "size": size,
@@ -216,11 +245,11 @@ class FakeDiscord:
             "proxy_url": url.replace("cdn.discordapp.com", "media.discordapp.net"),
         }
         if content_type is not None:
-            data["content_type"] = content_type
+            described["content_type"] = content_type
         if voice_seconds is not None:
-            data["duration_secs"] = voice_seconds
-            data["waveform"] = base64.b64encode(bytes(range(0, 256, 4))).decode()
-        return data
+            described["duration_secs"] = voice_seconds
+            described["waveform"] = base64.b64encode(bytes(range(0, 256, 4))).decode()
+        return described
 
     async def send_guild_message(
         self,
@@ -502,6 +531,32 @@ class FakeDiscord:
             data["referenced_message"] = self.messages.get(reply_to)
         self.messages[mid] = data
         return data
+
+    # -- attachments --------------------------------------------------------------------------
+    async def _attachment(self, request: web.Request) -> web.StreamResponse:
+        aid = request.match_info["aid"]
+        down = Download(aid, request.headers.get("Authorization"))
+        self.downloads.append(down)
+        if aid not in self.files:
+            down.status = 404
+            return web.Response(status=404, text="not found")
+        body, content_type = self.files[aid]
+        headers = {"Content-Type": content_type} if content_type else {}
+        if body is not None:
+            down.sent = len(body)
+            return web.Response(body=body, headers=headers)
+        resp = web.StreamResponse(headers=headers)
+        await resp.prepare(request)
+        try:
+            while down.sent < ENDLESS_LIMIT:
+                await resp.write(b"\0" * CHUNK)
+                down.sent += CHUNK
+        except ConnectionError:
+            down.hung_up = True
+        except asyncio.CancelledError:
+            down.hung_up = True
+            raise
+        return resp
 
     # -- REST -----------------------------------------------------------------------------------
     async def _rest(self, request: web.Request) -> web.StreamResponse:

@@ -9,14 +9,18 @@ client): ``serve()`` listens, checks the token and serves one bot link at a time
 Either way the fake sends message events as NapCat does (``message_format: array``; a
 plain string goes as one text segment, or as a CQ-string message with ``cq=True``),
 answers actions (``send_msg`` returns a fresh ``message_id``; ``get_login_info`` returns
-the account) and records every action it gets in ``actions``. ``fail`` names actions
-to answer with ``status: failed``; ``silent`` makes it answer nothing at all. ``drop()``
-closes the link on demand and ``send_raw`` sends any frame, garbage included.
+the account; ``get_record`` / ``get_image`` the files registered with ``add_file``, as
+``base64`` like NapCat, or only as a path on NapCat's own disk when registered with
+``None``; an unknown file fails) and records every action it gets in ``actions``.
+``fail`` names actions to answer with ``status: failed``; ``silent`` makes it answer
+nothing at all. ``drop()`` closes the link on demand and ``send_raw`` sends any frame,
+garbage included.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import itertools
 import json
 import socket
@@ -86,6 +90,12 @@ class FakeNapCat:
         self._runner: web.AppRunner | None = None
         self.port = 0
         self._linked = asyncio.Event()
+        self.files: dict[str, bytes | None] = {}  # get_record / get_image by file name
+
+    def add_file(self, file: str, data: bytes | None) -> None:
+        """A file that ``get_record`` / ``get_image`` give by its name (``file``):
+        as base64, or (``None``) only as a path on NapCat's disk."""
+        self.files[file] = data
 
     # -- reverse mode: we dial the bot --------------------------------------------------
     async def connect(self, url: str, *, token: str | None = None, in_query: bool = False) -> None:
@@ -196,8 +206,23 @@ class FakeNapCat:
             data = {"user_id": self.self_id, "nickname": self.nickname}
         elif action == "get_status":
             data = {"online": True, "good": True}
+        elif action in ("get_record", "get_image"):
+            return self._file_answer(action, frame.get("params") or {}, echo)
         else:
             return _answer("failed", 1404, None, echo, "不支持的Api")
+        return _answer("ok", 0, data, echo, "")
+
+    def _file_answer(self, action: str, params: dict[str, Any], echo: Any) -> dict[str, Any]:
+        name = str(params.get("file", ""))
+        if name not in self.files:
+            return _answer("failed", 1200, None, echo, f"file not found: {name}")
+        blob = self.files[name]
+        ext = "." + str(params["out_format"]) if action == "get_record" else ""
+        path = f"/root/.config/QQ/NapCat/temp/{name}{ext}"
+        data: dict[str, Any] = {"file": path, "url": path, "file_name": f"{name}{ext}"}
+        if blob is not None:
+            data["file_size"] = str(len(blob))
+            data["base64"] = base64.b64encode(blob).decode("ascii")
         return _answer("ok", 0, data, echo, "")
 
     def sent(self, action: str = "send_msg") -> list[dict[str, Any]]:

@@ -16,6 +16,12 @@ by (channel, ts), so a test can read what a streamed message finally shows; uplo
 in ``uploads`` by file id, the shares of ``files.completeUploadExternal`` in
 ``shared``.
 
+Files people sent. ``add_file(file_id, data)`` registers one: ``files.info`` describes
+it (unknown ids: ``file_not_found``) with a ``url_private_download`` on this server
+(or any ``url`` given), served only with ``Authorization: Bearer <bot token>`` (else
+403). Every download request is recorded in ``downloads`` as (file id, the
+Authorization header it carried).
+
 Socket Mode. Each connection gets ``hello``, then every envelope not yet acknowledged
 (re-sent ones with ``retry_attempt`` raised). ``lose_acks`` drops acknowledgements
 (as if they were lost with the link); ``drop()`` closes the socket, ``disconnect()``
@@ -101,6 +107,8 @@ class FakeSlack:
         self._tickets: set[str] = set()
         self._serial = itertools.count(1)
         self._runner: web.AppRunner | None = None
+        self.files: dict[str, tuple[dict[str, Any], bytes]] = {}
+        self.downloads: list[tuple[str, str | None]] = []
 
     # -- server ---------------------------------------------------------------------------
     @property
@@ -112,6 +120,7 @@ class FakeSlack:
         app = web.Application()
         app.router.add_route("*", "/api/{method}", self._api)
         app.router.add_post("/upload/{file_id}", self._upload)
+        app.router.add_get("/files-pri/{file_id}/{name}", self._download)
         app.router.add_get("/socket", self._socket)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
         await self._runner.setup()
@@ -268,6 +277,43 @@ class FakeSlack:
         data = await request.read()
         self.uploads[request.match_info["file_id"]] = data
         return web.Response(text=f"OK - {len(data)}", content_type="text/plain")
+
+    # -- files people sent ----------------------------------------------------------------
+    def add_file(
+        self,
+        file_id: str,
+        data: bytes,
+        *,
+        name: str = "audio_message.m4a",
+        mimetype: str = "audio/mp4",
+        size: int | None = None,
+        url: str | None = None,
+    ) -> dict[str, Any]:
+        """Register a file (``size`` defaults to the data's) and return its file object,
+        as it comes in a message's ``files`` and from ``files.info``."""
+        info = slack_file(file_id, name, mimetype, len(data) if size is None else size)
+        own = f"http://127.0.0.1:{self.port}/files-pri/{file_id}/{name}"
+        info["url_private"] = info["url_private_download"] = url or own
+        self.files[file_id] = (info, data)
+        return info
+
+    def _m_files_info(self, params: dict[str, Any]) -> dict[str, Any]:
+        found = self.files.get(str(params.get("file", "")))
+        if found is None:
+            return {"ok": False, "error": "file_not_found"}
+        return {"ok": True, "file": found[0], "comments": [], "response_metadata": {}}
+
+    async def _download(self, request: web.Request) -> web.Response:
+        file_id = request.match_info["file_id"]
+        auth = request.headers.get("Authorization")
+        self.downloads.append((file_id, auth))
+        if auth != f"Bearer {self.bot_token}":
+            return web.Response(status=403, text="forbidden")
+        found = self.files.get(file_id)
+        if found is None:
+            return web.Response(status=404, text="not found")
+        info, data = found
+        return web.Response(body=data, content_type=info["mimetype"])
 
     # -- Socket Mode ------------------------------------------------------------------------
     @property

@@ -12,6 +12,12 @@ which waits for ``getUpdates`` (long poll up to ``timeout``; an ``offset`` confi
 drops the updates below it, and unconfirmed ones come again) or, while a webhook is
 set, is posted to it at once. ``queue()`` takes any update, garbage included.
 
+Files. ``add_file(file_id, data)`` registers a file that ``getFile`` describes
+(``file_size``, ``file_path``) and that is served, like Telegram's, at
+``<base>/file/bot<token>/<file_path>``; ``endless=True`` serves a body that never
+ends, without a declared size (the client must hang up). Each download is recorded in
+``downloads``; an unknown ``file_id`` gets 400 "invalid file_id".
+
 The bot's side: every call is recorded in ``calls``; ``sent()`` / ``wait_sent(n)``
 give the successful sends (sendMessage, sendPhoto, sendVoice, sendDocument), and
 ``text_of()`` what a bot message shows now (after edits). Faults, per method:
@@ -34,15 +40,27 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-__all__ = ["Call", "FakeTelegram", "Upload", "mention", "text_mention"]
+__all__ = ["Call", "Download", "FakeTelegram", "Upload", "mention", "text_mention"]
 
 SENDS = ("sendMessage", "sendPhoto", "sendVoice", "sendDocument")
 TEXT_LIMIT = 4096
 # Parameters that are strings in the Bot API (PTB sends strings as they are, all other
 # values JSON-encoded).
 STRING_PARAMS = frozenset(
-    {"text", "caption", "url", "secret_token", "parse_mode", "photo", "voice", "document"}
+    {
+        "text",
+        "caption",
+        "url",
+        "secret_token",
+        "parse_mode",
+        "photo",
+        "voice",
+        "document",
+        "file_id",
+    }
 )
+CHUNK = 64 * 1024
+ENDLESS_LIMIT = 256 * 1024 * 1024  # an endless body stops here if nobody hangs up
 
 
 @dataclass(frozen=True)
@@ -52,6 +70,25 @@ class Upload:
     filename: str | None
     content_type: str
     data: bytes
+
+
+@dataclass
+class Download:
+    """One request for a file: ``status`` answered, ``sent`` bytes written, and
+    ``hung_up`` when the client closed the connection before the body ended."""
+
+    path: str
+    status: int = 200
+    sent: int = 0
+    hung_up: bool = False
+
+
+@dataclass
+class _Stored:
+    data: bytes
+    path: str
+    declared: bool
+    endless: bool
 
 
 @dataclass
@@ -136,6 +173,8 @@ class FakeTelegram:
         self._losing: Counter[str] = Counter()
         self._runner: web.AppRunner | None = None
         self._client: aiohttp.ClientSession | None = None
+        self.files: dict[str, _Stored] = {}
+        self.downloads: list[Download] = []
 
     # -- server --------------------------------------------------------------------------
     @property
@@ -151,6 +190,7 @@ class FakeTelegram:
         """Listen on 127.0.0.1 (``port`` 0: a free one); returns ``api_base``."""
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_route("*", "/bot{token}/{method}", self._handle)
+        app.router.add_get("/file/bot{token}/{path:.+}", self._download)
         self._runner = web.AppRunner(app, shutdown_timeout=0.2, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", port or self.port, reuse_address=True)
@@ -189,6 +229,45 @@ class FakeTelegram:
         """The next ``times`` calls of ``method`` run, but their connection closes before
         the answer."""
         self._losing[method.lower()] += times
+
+    # -- files ----------------------------------------------------------------------------
+    def add_file(
+        self,
+        file_id: str,
+        data: bytes = b"",
+        *,
+        path: str | None = None,
+        declared: bool = True,
+        endless: bool = False,
+    ) -> str:
+        """Register a file; returns its ``file_path``. ``declared=False`` leaves
+        ``file_size`` out of ``getFile`` (Telegram may); ``endless`` implies it."""
+        file_path = path or f"voice/file_{len(self.files) + 1}.oga"
+        self.files[file_id] = _Stored(data, file_path, declared and not endless, endless)
+        return file_path
+
+    async def _download(self, request: web.Request) -> web.StreamResponse:
+        down = Download(request.match_info["path"])
+        self.downloads.append(down)
+        found = next((f for f in self.files.values() if f.path == down.path), None)
+        if request.match_info["token"] != self.token or found is None:
+            down.status = 404 if found is None else 401
+            return web.json_response({"ok": False, "error_code": down.status}, status=down.status)
+        if not found.endless:
+            down.sent = len(found.data)
+            return web.Response(body=found.data, content_type="application/octet-stream")
+        resp = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
+        await resp.prepare(request)
+        try:
+            while down.sent < ENDLESS_LIMIT:
+                await resp.write(b"\0" * CHUNK)
+                down.sent += CHUNK
+        except ConnectionError:
+            down.hung_up = True
+        except asyncio.CancelledError:
+            down.hung_up = True
+            raise
+        return resp
 
     # -- the users' side ------------------------------------------------------------------
     async def private(
@@ -425,6 +504,20 @@ class FakeTelegram:
     async def _get_me(self, params: dict[str, Any]) -> Any:
         return self.me
 
+    async def _get_file(self, params: dict[str, Any]) -> Any:
+        file_id = params.get("file_id")
+        found = self.files.get(file_id) if isinstance(file_id, str) else None
+        if found is None:
+            raise _Refused(400, "Bad Request: invalid file_id")
+        result: dict[str, Any] = {
+            "file_id": file_id,
+            "file_unique_id": f"u-{file_id}",
+            "file_path": found.path,
+        }
+        if found.declared:
+            result["file_size"] = len(found.data)
+        return result
+
     async def _get_updates(self, params: dict[str, Any]) -> Any:
         if self.webhook is not None:
             raise _Refused(
@@ -544,6 +637,7 @@ class _Refused(Exception):
 
 _METHODS = {
     "getMe": FakeTelegram._get_me,
+    "getFile": FakeTelegram._get_file,
     "getUpdates": FakeTelegram._get_updates,
     "setWebhook": FakeTelegram._set_webhook,
     "deleteWebhook": FakeTelegram._delete_webhook,
