@@ -365,6 +365,11 @@ class PersonaConfig(_Section):
     knowledge: list[str] | None = Field(
         default=None, description="knowledge bases this persona reads; null = knowledge.default"
     )
+    voice: str | None = Field(
+        default=None,
+        max_length=128,
+        description="the TTS voice this persona speaks with; null = speech.tts.voice",
+    )
 
 
 class KnowledgeConfig(_Section):
@@ -407,6 +412,85 @@ class KnowledgeConfig(_Section):
         if self.embedder == "litellm" and not self.model:
             raise ValueError("the litellm embedder needs `model`")
         return self
+
+
+class TtsConfig(_Section):
+    """Text to speech: the TTS worker pool."""
+
+    backend: Literal["piper", "espeak", "litellm", "off"] = Field(
+        default="piper",
+        description="piper: a neural voice packaged on PyPI, offline; espeak: espeak-ng "
+        "(light, robotic; needs the espeak-ng program); litellm: an OpenAI-compatible "
+        "speech API (`model`, `api_base`, `api_key`); off",
+    )
+    workers: int = Field(default=1, ge=0, le=64, description="TTS actors (num_cpus=1 each)")
+    voice: str | None = Field(
+        default=None,
+        max_length=128,
+        description="default voice: piper: a voice name or .onnx path (default: the "
+        "packaged en_US-joe-medium); espeak: e.g. en-us; litellm: e.g. alloy",
+    )
+    speed: float = Field(default=1.0, ge=0.25, le=4.0, description="speaking rate")
+    model: str | None = Field(default=None, description="litellm: e.g. openai/tts-1")
+    api_base: str | None = None
+    api_key: SecretStr | None = None
+
+    @model_validator(mode="after")
+    def _fits(self) -> TtsConfig:
+        if self.backend == "litellm" and not self.model:
+            raise ValueError("the litellm TTS backend needs `model`")
+        return self
+
+
+class SttConfig(_Section):
+    """Speech to text: the STT worker pool."""
+
+    backend: Literal["whisper", "litellm", "off"] = Field(
+        default="whisper",
+        description="whisper: faster-whisper with the packaged Whisper tiny.en model, "
+        "offline; litellm: an OpenAI-compatible transcription API; off",
+    )
+    workers: int = Field(default=1, ge=0, le=64, description="STT actors (num_cpus=1 each)")
+    model: str | None = Field(
+        default=None,
+        description="whisper: a CTranslate2 model folder (default: the packaged tiny.en); "
+        "litellm: e.g. openai/whisper-1",
+    )
+    language: str | None = Field(
+        default=None, max_length=16, description="e.g. en; null = detect (tiny.en: en)"
+    )
+    api_base: str | None = None
+    api_key: SecretStr | None = None
+
+    @model_validator(mode="after")
+    def _fits(self) -> SttConfig:
+        if self.backend == "litellm" and not self.model:
+            raise ValueError("the litellm STT backend needs `model`")
+        return self
+
+
+class SpeechConfig(_Section):
+    """Voice in (transcribed, then handled as text) and voice out (spoken replies)."""
+
+    tts: TtsConfig = Field(default_factory=TtsConfig)
+    stt: SttConfig = Field(default_factory=SttConfig)
+    reply: Literal["never", "always", "on_request", "probability"] = Field(
+        default="on_request",
+        description="when replies are spoken: never; always (unless `/tts off`); "
+        "on_request (after `/tts on` in that chat); probability (that share of replies)",
+    )
+    probability: float = Field(default=0.3, ge=0, le=1, description="with reply: probability")
+    answer_voice_with_voice: bool = Field(
+        default=True, description="a voice message gets a spoken reply (unless never or /tts off)"
+    )
+    max_chars: int = Field(
+        default=1000, ge=1, le=20_000, description="longer replies are sent as text only"
+    )
+    max_audio_s: float = Field(
+        default=120.0, gt=0, le=3600, description="longer voice messages are refused"
+    )
+    max_audio_mb: float = Field(default=10.0, gt=0, le=200, description="voice message size cap")
+    timeout_s: float = Field(default=60.0, gt=0, le=600, description="one TTS or STT job")
 
 
 class AgentConfig(_Section):
@@ -484,6 +568,7 @@ class Config(_Section):
     sandbox: SandboxConfig = Field(default_factory=SandboxConfig)
     mcp: McpConfig = Field(default_factory=McpConfig)
     knowledge: KnowledgeConfig = Field(default_factory=KnowledgeConfig)
+    speech: SpeechConfig = Field(default_factory=SpeechConfig)
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
 
     @model_validator(mode="after")
@@ -765,6 +850,21 @@ knowledge:                   # knowledge bases (astr-ray kb ..., /api/kb)
   mode: tool                 # tool (search_knowledge) | context (into every prompt) | both | off
   default: []                # bases every persona reads unless it names its own
 #  model: openai/text-embedding-3-small  # with embedder: litellm (+ api_base, api_key)
+
+speech:                      # voice messages in (STT) and spoken replies (TTS)
+  tts:
+    backend: piper           # piper (packaged neural voice, offline) | espeak | litellm | off
+    workers: 1               # TTS actors, one CPU each
+    voice: null              # default voice; a persona's `voice` overrides it
+  stt:
+    backend: whisper         # whisper (packaged tiny.en, offline) | litellm | off
+    workers: 1               # STT actors, one CPU each
+    language: null
+  reply: on_request          # never | always | on_request (/tts on) | probability
+  probability: 0.3           # with reply: probability
+  answer_voice_with_voice: true
+  max_chars: 1000            # longer replies are not spoken
+  max_audio_s: 120           # longer voice messages are refused
 
 runtime:
   namespace: astr-ray

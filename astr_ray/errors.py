@@ -17,7 +17,9 @@ boundaries of the system; control-flow signals are kept apart from failures::
     ├── PlatformError                 a platform adapter failed (connect, send, payload)
     ├── PluginError                   a plugin failed to load or raised in a handler
     ├── SandboxError                  a code-execution backend failed or refused a run
-    └── McpError                      an MCP server could not be started, reached or used
+    ├── McpError                      an MCP server could not be started, reached or used
+    └── SpeechError                   a TTS or STT backend failed, or speech is off
+        └── BadAudioError             audio that cannot be decoded, or is too long or large
 
     ControlSignal                     not failures: flow control inside the pipeline
     └── StopTurn                      end the current turn now (e.g. ``/stop``)
@@ -32,6 +34,7 @@ from typing import Any
 
 __all__ = [
     "AstrRayError",
+    "BadAudioError",
     "ConfigError",
     "ControlSignal",
     "DuplicateEventError",
@@ -45,6 +48,7 @@ __all__ = [
     "SandboxError",
     "SessionBusyError",
     "SessionError",
+    "SpeechError",
     "StopTurn",
     "StoreError",
     "WrongShardError",
@@ -181,3 +185,11 @@ class KnowledgeError(AstrRayError):
 class McpError(AstrRayError):
     """An MCP server could not be started (e.g. a command outside the allow-list),
     reached, or answered a tool call with an error."""
+
+
+class SpeechError(AstrRayError):
+    """A TTS or STT backend failed, could not be loaded, or speech is turned off."""
+
+
+class BadAudioError(SpeechError):
+    """The audio itself is the problem: not decodable, empty, too long or too large."""

@@ -12,8 +12,19 @@ or, when the last message is a tool result (``role: "tool"``),
 Behaviour can be scripted per request (``script``: status codes, headers, delays, or a
 200 answer with given content and/or tool calls) or switched as a whole (``mode``:
 "ok", "down" answering 503, "hang"). Requests are recorded (bounded) for assertions
-(the ``tools`` and tool messages a client sent included). Run it in a thread of the
-test process (``FakeLLM.start()``) or as its own process for benchmarks::
+(the ``tools`` and tool messages a client sent included).
+
+It also speaks the two audio endpoints (requests recorded in ``audio_requests``):
+
+- ``POST /v1/audio/speech`` (JSON ``model``, ``input``, ``voice``, ``response_format``,
+  ``speed``): a 440 Hz tone lasting 0.06 s per input character, 16-bit mono 24 kHz WAV
+  (``audio/wav``), or MP3 when ``response_format`` is "mp3" or absent (OpenAI's default).
+- ``POST /v1/audio/transcriptions`` (multipart ``file``, ``model``, ``language``,
+  ``response_format``): ``{"text": FakeLLM.transcript or "heard <n> bytes"}`` (plain
+  text for ``response_format=text``); an empty file is a 400 with an OpenAI error body.
+
+Run it in a thread of the test process (``FakeLLM.start()``) or as its own process for
+benchmarks::
 
     python -m tests.peers.openai_server --port 18080 --latency 0.5
 """
@@ -22,13 +33,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import io
 import json
 import threading
 import time
+import wave
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 from aiohttp import web
 
 
@@ -68,6 +82,8 @@ class FakeLLM:
         self.record = record > 0
         self.calls = 0
         self._call_ids = 0
+        self.audio_requests: deque[dict[str, Any]] = deque(maxlen=record or None)
+        self.transcript: str | None = None
         self.port = 0
         self._runner: web.AppRunner | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -85,6 +101,8 @@ class FakeLLM:
         self.requests.clear()
         self.calls = 0
         self._call_ids = 0
+        self.audio_requests.clear()
+        self.transcript = None
 
     def user_turns(self) -> list[list[str]]:
         """For each recorded request, the user texts it carried (oldest first)."""
@@ -97,6 +115,8 @@ class FakeLLM:
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self._completions)
         app.router.add_get("/v1/models", self._models)
+        app.router.add_post("/v1/audio/speech", self._speech)
+        app.router.add_post("/v1/audio/transcriptions", self._transcriptions)
         return app
 
     async def _models(self, request: web.Request) -> web.Response:
@@ -138,6 +158,39 @@ class FakeLLM:
         if body.get("stream"):
             return await self._stream(request, body, content)
         return web.json_response(_completion(body, content))
+
+    async def _speech(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        if self.record:
+            self.audio_requests.append({"endpoint": "speech", **body})
+        text = str(body.get("input") or "")
+        if not text:
+            return _bad_request("input is required")
+        fmt = body.get("response_format") or "mp3"
+        pcm = _tone(0.06 * len(text), 24_000)
+        if fmt == "mp3":
+            return web.Response(body=_mp3(pcm, 24_000), content_type="audio/mpeg")
+        return web.Response(body=_wav(pcm, 24_000), content_type="audio/wav")
+
+    async def _transcriptions(self, request: web.Request) -> web.Response:
+        form = await request.post()
+        upload = form.get("file")
+        data = upload.file.read() if isinstance(upload, web.FileField) else b""
+        if self.record:
+            self.audio_requests.append(
+                {
+                    "endpoint": "transcriptions",
+                    "filename": upload.filename if isinstance(upload, web.FileField) else None,
+                    "file": data,
+                    **{k: str(v) for k, v in form.items() if k != "file"},
+                }
+            )
+        if not data:
+            return _bad_request("the audio file is empty")
+        text = self.transcript if self.transcript is not None else f"heard {len(data)} bytes"
+        if form.get("response_format") == "text":
+            return web.Response(text=text)
+        return web.json_response({"text": text})
 
     def _tool_call(self, spec: dict[str, Any]) -> dict[str, Any]:
         self._call_ids += 1
@@ -282,6 +335,39 @@ def _completion(
             "total_tokens": prompt_tokens + completion_tokens,
         },
     }
+
+
+def _bad_request(message: str) -> web.Response:
+    error = {"message": message, "type": "invalid_request_error", "param": None, "code": None}
+    return web.json_response({"error": error}, status=400)
+
+
+def _tone(seconds: float, rate: int) -> np.ndarray:
+    t = np.arange(round(seconds * rate)) / rate
+    return (0.3 * 32767 * np.sin(2 * np.pi * 440 * t)).astype("<i2")
+
+
+def _wav(pcm: np.ndarray, rate: int) -> bytes:
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(rate)
+        out.writeframes(pcm.tobytes())
+    return buf.getvalue()
+
+
+def _mp3(pcm: np.ndarray, rate: int) -> bytes:
+    import av  # only this answer needs it
+
+    buf = io.BytesIO()
+    with av.open(buf, mode="w", format="mp3") as out:
+        stream = out.add_stream("libmp3lame", rate=rate, layout="mono")
+        frame = av.AudioFrame.from_ndarray(pcm.reshape(1, -1), format="s16", layout="mono")
+        frame.sample_rate = rate
+        for packet in [*stream.encode(frame), *stream.encode(None)]:
+            out.mux(packet)
+    return buf.getvalue()
 
 
 def main() -> None:
