@@ -34,6 +34,7 @@ bench: $(STAMP)
 	$(PY) -m bench.sandbox
 	$(PY) -m bench.onebot_throughput
 	$(PY) -m bench.knowledge
+	$(PY) -m bench.speech
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .coverage

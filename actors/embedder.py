@@ -23,7 +23,8 @@ from typing import Any
 import numpy as np
 import ray
 
-from actors.common import ACTOR_GONE, get_actor, node_id, setup_logging
+from actors.common import node_id, setup_logging
+from actors.pool import WorkerPool
 from astr_ray.config import Config, parse_config
 from astr_ray.errors import KnowledgeError
 from astr_ray.kb.embed import Embedder, make_embedder
@@ -97,48 +98,21 @@ class EmbedderWorker:
         }
 
 
-class EmbedderPool:
-    """The caller's side of the pool: round robin over the workers, and a batch whose
-    worker died (or is restarting) is sent again, to the next worker, until
-    ``deadline_s``. Embedding is a pure function of the texts, so a batch done twice
-    costs time but never changes a result."""
+class EmbedderPool(WorkerPool):
+    """Round robin over the embedders; a batch whose worker died is sent again
+    (``actors.pool``). Embedding is a pure function of the texts."""
 
     def __init__(self, namespace: str, size: int, deadline_s: float = 120.0) -> None:
-        self.namespace = namespace
-        self.size = size
-        self.deadline_s = deadline_s
-        self.retries = 0
-        self._next = 0
-        self._handles: dict[int, Any] = {}
-
-    def _handle(self, index: int) -> Any:
-        if index not in self._handles:
-            self._handles[index] = get_actor(embedder_name(index), self.namespace)
-        return self._handles[index]
+        super().__init__(
+            namespace,
+            size,
+            embedder_name,
+            error=KnowledgeError,
+            what="embedder",
+            off_hint="knowledge.embedders is 0",
+            deadline_s=deadline_s,
+        )
 
     async def embed(self, texts: list[str]) -> np.ndarray:
-        if self.size < 1:
-            raise KnowledgeError("no embedder is running (knowledge.embedders is 0)")
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.deadline_s
-        attempt = 0
-        while True:
-            index = self._next % self.size
-            self._next += 1
-            try:
-                result: np.ndarray = await self._handle(index).embed.remote(texts)
-                return result
-            except ACTOR_GONE as exc:
-                self._handles.pop(index, None)
-                attempt += 1
-                self.retries += 1
-                if loop.time() > deadline:
-                    raise KnowledgeError(
-                        "no embedder answered in time", embedder=embedder_name(index)
-                    ) from exc
-                log.warning(
-                    "embedder %s unavailable (%s); sending the batch again",
-                    embedder_name(index),
-                    type(exc).__name__,
-                )
-                await asyncio.sleep(min(2.0, 0.1 * 2 ** min(attempt, 4)))
+        vectors: np.ndarray = await self.call("embed", texts)
+        return vectors

@@ -27,8 +27,10 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import ray
+from ray.exceptions import RayTaskError
 
 from actors.common import (
+    ACTOR_GONE,
     DIRECTORY,
     SUPERVISOR,
     RayMetricsMirror,
@@ -41,10 +43,11 @@ from actors.mcp_tools import McpTools
 from actors.plugin_worker import remote_handle
 from actors.sandbox_tools import SandboxTools
 from actors.services import RuntimeServices, build_chain
+from actors.speech import SpeechClient
 from astr_ray.config import Config, parse_config
-from astr_ray.errors import MessageFormatError
+from astr_ray.errors import AstrRayError, MessageFormatError, PlatformError
 from astr_ray.lifecycle import Lifecycle, State
-from astr_ray.message import Event, Reply
+from astr_ray.message import Event, Reply, Voice
 from astr_ray.metrics import Metrics, Snapshot
 from astr_ray.plugins.manager import PluginManager
 from astr_ray.sessions.builtins import builtin_commands
@@ -108,6 +111,8 @@ class SessionHost:
             broadcast_reload=self._broadcast_reload,
             tool_sources=[self.sandbox_tools, self.mcp_tools],
             knowledge=knowledge,
+            speech=SpeechClient(self.cfg),
+            fetch_media=self._fetch_media,
         )
         self.manager = SessionManager(self.processor, self.cfg.sessions, metrics=self.metrics)
         self._maint = asyncio.create_task(self._maintenance())
@@ -118,6 +123,33 @@ class SessionHost:
             self.table.epoch if self.table else 0,
             len(self.plugins.handles),
         )
+
+    async def _fetch_media(self, platform_id: str, comp: Voice, max_bytes: int) -> bytes:
+        """A voice message's bytes, from the adapter of its platform (which holds the
+        token and knows which hosts it may fetch from)."""
+        if platform_id == "webchat":  # no adapter-side media: the client sends the bytes
+            raise PlatformError("the web chat sends voice messages as data: URLs only")
+        try:
+            adapter = get_actor(f"adapter-{platform_id}", self.cfg.runtime.namespace)
+            out = await asyncio.wait_for(
+                adapter.fetch_media.remote(comp.model_dump(mode="json"), max_bytes),
+                self.cfg.speech.timeout_s,
+            )
+        except TimeoutError:
+            raise PlatformError("the download took too long", platform=platform_id) from None
+        except RayTaskError as exc:
+            cause = getattr(exc, "cause", None)
+            raise (
+                cause
+                if isinstance(cause, AstrRayError)
+                else PlatformError("the download failed", platform=platform_id)
+            ) from None
+        except ACTOR_GONE:
+            raise PlatformError(
+                "its platform adapter is restarting", platform=platform_id
+            ) from None
+        data: bytes = out["data"]
+        return data
 
     async def _refresh_tools(self) -> None:
         """The sandbox's availability and the MCP servers' tool lists (background)."""

@@ -60,6 +60,7 @@ from actors.plugin_worker import PluginWorker, worker_name
 from actors.provider_pool import ProviderPool
 from actors.sandbox_executor import SandboxExecutor, executor_name
 from actors.session_host import SessionHost
+from actors.speech import SpeechWorker, stt_name, tts_name
 from actors.webchat import WebChatAdapter
 from astr_ray.config import Config, parse_config
 from astr_ray.lifecycle import Lifecycle
@@ -136,6 +137,12 @@ class Supervisor:
         self._kb_shard_placement: dict[str, Any] = (
             {"resources": {"cpu_pool": 0.001}} if use_pool else {}
         )
+        # Speech workers: dedicated `speech` nodes when the cluster has them, else the
+        # cpu_pool nodes, one unit each like a core.
+        if mode != "any" and ray.cluster_resources().get("speech"):
+            self._speech_placement: dict[str, Any] = {"resources": {"speech": 1}}
+        else:
+            self._speech_placement = dict(self._embedder_placement)
         self._control_placement = control_placement(self.cfg)
         initial = [host_name(i) for i in range(self._desired_hosts(ray.nodes()))]
         directory = self._directory_child(initial)
@@ -164,6 +171,11 @@ class Supervisor:
             for j in range(self.cfg.knowledge.shards):
                 self._add(self._kb_shard_child(j))
             self._add(self._knowledge_child())
+        speech = self.cfg.speech
+        for kind, sub in (("tts", speech.tts), ("stt", speech.stt)):
+            if sub.backend != "off":
+                for i in range(sub.workers):
+                    self._add(self._speech_child(kind, i))
         for h in self.table.hosts:
             self._add(self._host_child(h))
         for platform in self.cfg.platforms:
@@ -252,6 +264,19 @@ class Supervisor:
         )
         cfg = self.transport
         return Child(name, "embedder", lambda: EmbedderWorker.options(**opts).remote(name, cfg))  # type: ignore[attr-defined]
+
+    def _speech_child(self, kind: str, index: int) -> Child:
+        name = tts_name(index) if kind == "tts" else stt_name(index)
+        opts = child_options(
+            name,
+            self.cfg.runtime.namespace,
+            max_concurrency=64,
+            num_cpus=1,
+            scheduling_strategy="SPREAD",
+            **self._speech_placement,
+        )
+        cfg = self.transport
+        return Child(name, kind, lambda: SpeechWorker.options(**opts).remote(name, kind, cfg))  # type: ignore[attr-defined]
 
     def _kb_shard_child(self, index: int) -> Child:
         name = shard_name(index)
@@ -735,9 +760,22 @@ class Supervisor:
         return out
 
 
-OPTIONAL_KINDS = frozenset({"plugin", "sandbox", "mcp", "embedder", "kb_shard", "knowledge"})
+OPTIONAL_KINDS = frozenset(
+    {"plugin", "sandbox", "mcp", "embedder", "kb_shard", "knowledge", "tts", "stt"}
+)
 STARTED_KINDS = frozenset(
-    {"session_host", "adapter", "plugin", "sandbox", "mcp", "embedder", "kb_shard", "knowledge"}
+    {
+        "session_host",
+        "adapter",
+        "plugin",
+        "sandbox",
+        "mcp",
+        "embedder",
+        "kb_shard",
+        "knowledge",
+        "tts",
+        "stt",
+    }
 )
 """Children with ``start``/``stop`` methods (the others start in their constructor)."""
 PLATFORM_FIGURES = (

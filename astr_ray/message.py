@@ -149,8 +149,18 @@ class Event(_Model):
 
     @property
     def text(self) -> str:
-        """The plain text of the message: its text components joined."""
-        return "".join(c.text for c in self.components if isinstance(c, Text))
+        """The plain text of the message: its text components joined, then the
+        transcripts of its voice messages (once speech-to-text has filled them in)."""
+        typed = "".join(c.text for c in self.components if isinstance(c, Text))
+        spoken = " ".join(
+            c.transcript for c in self.components if isinstance(c, Voice) and c.transcript
+        )
+        return f"{typed} {spoken}" if typed and spoken else typed or spoken
+
+    @property
+    def voice(self) -> Voice | None:
+        """The first voice message of this event, if any."""
+        return next((c for c in self.components if isinstance(c, Voice)), None)
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")

@@ -2,11 +2,12 @@
 
     GET  /health           no token; 200 when the actor tree is up, 503 otherwise
     GET  /metrics          Prometheus text format, every actor's figures (token)
-    POST /api/chat         {"session", "text", "message_id"?} -> {"reply", ...}
+    POST /api/chat         {"session", "text", "message_id"?, "voice"?} -> {"reply", ...}
     GET  /api/outbox       ?session=: messages the bot sent on its own, kept for polling
     GET  /api/platforms    each chat account: state, connected, reconnects, counters
     ...  /api/kb...        knowledge bases (dashboard.knowledge_api)
-    WS   /ws/chat          client: {"type": "message", "session", "text", "message_id"?}
+    WS   /ws/chat          client: {"type": "message", "session", "text", "message_id"?,
+                                    "voice"?}
                            server: {"type": "chunk", "message_id", "text"} ...
                                    {"type": "reply", "message_id", "text", "duplicate",
                                     "error"}  |  {"type": "error", "message"}
@@ -14,6 +15,11 @@
 Everything but ``/health`` needs the web chat token: ``Authorization: Bearer <token>``,
 or ``?token=`` on the WebSocket (browsers cannot set headers there). A message id sent
 again returns the same reply marked ``duplicate`` instead of a second answer.
+
+A voice message is ``"voice": "data:audio/<type>;base64,..."`` (any format ffmpeg
+reads: what a browser's MediaRecorder makes, ogg, mp3, wav...), with or without text;
+it is transcribed and answered as text. A spoken reply comes back as an attachment of
+type ``voice`` (a data: URL) beside the text.
 """
 
 from __future__ import annotations
@@ -35,7 +41,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from astr_ray.message import ChatType, Event, Reply, Sender, Text
+from astr_ray.media import parse_data_url
+from astr_ray.message import ChatType, Component, Event, Reply, Sender, Text, Voice
 from dashboard.knowledge_api import knowledge_routes
 
 __all__ = ["PLATFORM_ID", "ChatBackend", "create_app"]
@@ -45,7 +52,7 @@ log = logging.getLogger(__name__)
 PLATFORM_ID = "webchat"
 _SESSION = re.compile(r"^[A-Za-z0-9_.@-]{1,128}$")
 _MESSAGE_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
-MAX_BODY = 256 * 1024
+MAX_VOICE_BODY = 8 * 1024 * 1024  # a message carrying a voice recording (base64)
 
 
 class Outbox:
@@ -114,8 +121,15 @@ def _event(data: Any, max_chars: int) -> Event:
     message_id = data.get("message_id") or uuid.uuid4().hex
     if not isinstance(session, str) or not _SESSION.match(session):
         raise BadRequest("session must be 1-128 characters of letters, digits, _ . @ -")
-    if not isinstance(text, str) or not text.strip():
-        raise BadRequest("text must be a non-empty string")
+    voice = data.get("voice")
+    components: list[Component] = []
+    if voice is not None:
+        components.append(_voice(voice))
+        text = text or ""
+    if not isinstance(text, str) or not (text.strip() or components):
+        raise BadRequest("text must be a non-empty string (or send a voice message)")
+    if text.strip():
+        components.insert(0, Text(text=text))
     if len(text) > max_chars:
         raise BadRequest(f"text is longer than {max_chars} characters")
     if not isinstance(message_id, str) or not _MESSAGE_ID.match(message_id):
@@ -126,8 +140,22 @@ def _event(data: Any, max_chars: int) -> Event:
         chat_id=session,
         sender=Sender(id=session),
         message_id=message_id,
-        components=(Text(text=text),),
+        components=tuple(components),
     )
+
+
+def _voice(value: Any) -> Voice:
+    if not isinstance(value, str) or not value.startswith("data:"):
+        raise BadRequest('voice must be a data: URL ("data:audio/ogg;base64,...")')
+    parsed = parse_data_url(value)
+    if parsed is None:
+        raise BadRequest("voice is not a valid base64 data: URL")
+    data, mime = parsed
+    if not data:
+        raise BadRequest("voice is empty")
+    if mime is not None and not mime.startswith(("audio/", "video/", "application/ogg")):
+        raise BadRequest(f"voice must be audio, not {mime}")
+    return Voice(url=value)
 
 
 def _reply_json(reply: Reply) -> dict[str, Any]:
@@ -141,6 +169,19 @@ def _reply_json(reply: Reply) -> dict[str, Any]:
         "duplicate": reply.duplicate,
         "error": reply.error,
     }
+
+
+async def _body(request: Request, limit: int) -> bytes | None:
+    """The request body, or None when it is over ``limit`` (read no further)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        return None
+    body = bytearray()
+    async for piece in request.stream():
+        body += piece
+        if len(body) > limit:
+            return None
+    return bytes(body)
 
 
 def create_app(
@@ -175,8 +216,8 @@ def create_app(
     async def chat(request: Request) -> Response:
         if not authorized(bearer(request)):
             return JSONResponse({"error": "missing or wrong token"}, status_code=401)
-        body = await request.body()
-        if len(body) > MAX_BODY:
+        body = await _body(request, MAX_VOICE_BODY)
+        if body is None:
             return JSONResponse({"error": "request body too large"}, status_code=413)
         try:
             event = _event(json.loads(body or b"null"), max_chars)
@@ -235,7 +276,7 @@ def create_app(
         try:
             while True:
                 raw = await ws.receive_text()
-                if len(raw) > MAX_BODY:
+                if len(raw) > MAX_VOICE_BODY:
                     await send({"type": "error", "message": "message too large"})
                     continue
                 try:

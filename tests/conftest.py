@@ -84,7 +84,9 @@ def ray_cluster() -> Iterator[dict[str, Any]]:
     cluster = Cluster(
         initialize_head=True,
         head_node_args={
-            "num_cpus": 2,
+            # Logical CPUs: the shared tree's CPU pools (an embedder, a TTS and an STT
+            # worker, num_cpus=1 each) fit beside other tests' trees on this 2-core box.
+            "num_cpus": 4,
             "include_dashboard": False,
             "object_store_memory": 100 * 1024 * 1024,
             "metrics_export_port": metrics_port,
@@ -157,6 +159,7 @@ def runtime_config(tmp: Path, primary: FakeLLM, fallback: FakeLLM, **overrides: 
         "sessions": {"hosts": 2, "shards": 64, "idle_timeout_s": 4, "stream_flush_ms": 40},
         "sandbox": {"executors": 0},  # trees that run code say so
         "knowledge": {"embedders": 0},  # trees with knowledge bases say so
+        "speech": {"tts": {"workers": 0}, "stt": {"workers": 0}},  # the shared tree speaks
         "webchat": {"port": free_port(), "token": "test-token-" + uuid.uuid4().hex},
         "runtime": {
             "namespace": "astr-test-" + uuid.uuid4().hex[:8],
@@ -337,6 +340,12 @@ def runtime(
                 "knowledge": [KB_NAME],
             }
         ],
+        speech={
+            "tts": {"backend": "piper", "workers": 1},
+            "stt": {"backend": "whisper", "workers": 1},
+            "reply": "on_request",
+            "timeout_s": 60,
+        },
         platforms=[
             {"id": "qq", "port": free_port(), "access_token": ONEBOT_TOKEN},
             *platform_peers.platform_blocks(),

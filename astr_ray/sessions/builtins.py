@@ -272,6 +272,22 @@ def builtin_commands() -> CommandRegistry:
         await _set(ctx, "llm", None if value else False)
         return "LLM answers are on here." if value else "LLM answers are off here (commands work)."
 
+    @reg.command("tts", "/tts on|off", "spoken replies (voice messages) in this chat")
+    async def _tts(ctx: CommandContext, args: str) -> str:
+        speech = ctx.processor.cfg.speech
+        can_speak = ctx.processor.speech is not None and ctx.processor.speech.can_speak
+        if not args.strip():
+            on = ctx.live.settings.get("tts")
+            state = f"the default ({speech.reply})" if on is None else ("on" if on else "off")
+            return f"Spoken replies here: {state}. Usage: /tts on|off"
+        value = _on_off(args)
+        if value is None:
+            return "Usage: /tts on|off"
+        if value and (speech.reply == "never" or not can_speak):
+            return "Spoken replies are turned off for this bot (speech.reply / speech.tts)."
+        await _set(ctx, "tts", value)
+        return "Spoken replies are on here." if value else "Spoken replies are off here."
+
     return reg
 
 

@@ -265,7 +265,7 @@ class LLMPath:
             answer = str(out.get("text", answer))
         last = result.last
         new += [
-            NewMessage("user", text, {"sender": event.sender.id}),
+            NewMessage("user", text, _user_extra(event)),
             NewMessage(
                 "assistant",
                 answer,
@@ -285,3 +285,13 @@ class LLMPath:
 def _tools_as_text(tools: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
     """The tools' schemas as one pseudo-message, for counting what the model reads."""
     return [{"role": "system", "content": json.dumps(tools)}] if tools else []
+
+
+def _user_extra(event: Event) -> dict[str, Any]:
+    """What is kept with the user's message: who sent it and, for a voice message, that
+    its text is a transcript (and how long the audio was)."""
+    extra: dict[str, Any] = {"sender": event.sender.id}
+    voice = event.voice
+    if voice is not None and voice.transcript:
+        extra["voice"] = {"duration_s": voice.duration_s, "transcript": True}
+    return extra

@@ -35,7 +35,9 @@ class Personas:
             self._stored = {p.name: p for p in await self._load()}
             self._at = time.monotonic()
         out = {
-            p.name: Persona(p.name, p.system_prompt, list(p.begin_dialogs), p.tools, p.knowledge)
+            p.name: Persona(
+                p.name, p.system_prompt, list(p.begin_dialogs), p.tools, p.knowledge, p.voice
+            )
             for p in self.cfg.personas
         }
         out.update(self._stored)

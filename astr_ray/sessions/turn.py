@@ -2,13 +2,15 @@
 
     event ─► duplicate? ─► stored reply (duplicate=True)
           ─► access: allow-list, bot switch, blocked words, rate limit ─► refusal
+          ─► voice message? ─► transcribed by the STT pool (voice.py), then as text
           ─► a plugin dialog waiting for this user? ─► resume it
           ─► command? ─► built-in, or a plugin's (time-limited, contained)
           ─► plugin regex / message handlers (may answer)
           ─► LLM: persona + summary + history, fitted to the context window
                   (compressed when near the limit), before_llm hooks, agent loop
                   with the plugins' tools, after_llm hooks
-          ─► decorate hooks, output filter ─► commit ─► reply (after_send hooks)
+          ─► decorate hooks, output filter ─► spoken? (TTS pool) ─► commit
+          ─► reply (after_send hooks)
 
 The store holds the truth; a ``LiveSession`` is the in-memory cache of one session,
 rebuilt by ``load`` on activation. A turn whose LLM call fails for good commits nothing
@@ -46,6 +48,7 @@ from astr_ray.sessions.access import (
 from astr_ray.sessions.commands import CommandRegistry, parse_command
 from astr_ray.sessions.llm import LLMPath
 from astr_ray.sessions.personas import Personas
+from astr_ray.sessions.voice import MediaFetcher, Speech, VoicePath
 from astr_ray.sessions.window import TokenCounter
 from astr_ray.store import Activation, NewMessage, Store, StoredMessage, TurnRecord
 from astr_ray.tools import ToolSource
@@ -100,7 +103,7 @@ class CommandContext:
     pending: list[NewMessage] = field(default_factory=list)  # committed with the reply
 
 
-class TurnProcessor(LLMPath):
+class TurnProcessor(LLMPath, VoicePath):
     """Runs turns. Shared by every session of a host; holds no per-session state."""
 
     def __init__(
@@ -113,6 +116,8 @@ class TurnProcessor(LLMPath):
         broadcast_reload: Callable[[str | None], Awaitable[list[str]]] | None = None,
         tool_sources: Sequence[ToolSource] = (),
         knowledge: Searcher | None = None,
+        speech: Speech | None = None,
+        fetch_media: MediaFetcher | None = None,
     ) -> None:
         from astr_ray.sessions.builtins import builtin_commands
 
@@ -124,6 +129,8 @@ class TurnProcessor(LLMPath):
         self.broadcast_reload = broadcast_reload
         # The agent's tools: the plugins' first, then the runtime's (sandbox, MCP).
         self.knowledge = knowledge
+        self.speech = speech
+        self.fetch_media = fetch_media
         self.tool_sources: list[ToolSource] = [
             *([PluginTools(plugins, cfg.agent.tool_timeout_s)] if plugins is not None else []),
             *tool_sources,
@@ -190,6 +197,14 @@ class TurnProcessor(LLMPath):
         refusal = await self._gate(live, event, g, is_admin, text, parsed)
         if refusal is not None:
             return refusal
+        if event.voice is not None:
+            heard = await self.hear(live, event)
+            if isinstance(heard, Reply):
+                return heard
+            event, text = heard, heard.text.strip()
+            if blocked_word(text, self.cfg.access.blocked_words) is not None:
+                return self._refuse(live, event, "Your message contains a blocked word.", "blocked")
+            parsed = None  # a spoken "/command" is not a command
         disabled = self.disabled_plugins(g, live)
         builtin = parsed is not None and self.commands.get(parsed[0]) is not None
         ref = live.dialogs.pop(event.sender.id, None) if not builtin else None
@@ -363,10 +378,11 @@ class TurnProcessor(LLMPath):
             out = await self._hooks("decorate", {"text": text}, event, is_admin, disabled)
             text = str(out.get("text", text))
         text = censor(text, self.cfg.access.blocked_words)
+        voice = await self.voice_for(live, event, text) if error is None else None
         reply = Reply(
             session_key=live.key,
             event_id=event.message_id,
-            components=(Text(text=text), *attachments),
+            components=(Text(text=text), *attachments, *([voice] if voice else [])),
             error=error,
         )
         reply = await self._commit(live, event, new, reply)

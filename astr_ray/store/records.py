@@ -120,6 +120,7 @@ class Persona:
     begin_dialogs: list[tuple[str, str]] = field(default_factory=list)
     tools: list[str] | None = None
     knowledge: list[str] | None = None  # config personas only; None = knowledge.default
+    voice: str | None = None  # config personas only; None = speech.tts.voice
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,6 +29,7 @@ from tests.conftest import (
 from tests.peers.openai_server import FakeLLM
 
 NODE = {"num_cpus": 0, "resources": {"session_hosts": 2}, "object_store_memory": 80 * 1024 * 1024}
+SPEECH_NODE = {"num_cpus": 1, "resources": {"speech": 1}, "object_store_memory": 80 * 1024 * 1024}
 
 
 @pytest.fixture(scope="module")
@@ -43,6 +44,7 @@ def cluster_rt(
 
     cluster = ray_cluster["cluster"]
     nodes = [cluster.add_node(**NODE) for _ in range(2)]
+    speech_node = cluster.add_node(**SPEECH_NODE)
     cfg = runtime_config(
         tmp_path_factory.mktemp("cluster"),
         fake_llm,
@@ -52,6 +54,7 @@ def cluster_rt(
         webchat={"port": free_port()},
         platforms=[{"id": "qq", "port": free_port(), "access_token": "cluster-onebot"}],
         runtime={"placement": "resources"},
+        speech={"tts": {"workers": 0}, "stt": {"backend": "whisper", "workers": 1}},
     )
     sup, status = rt.start_tree(cfg, timeout=180)
     assert status["ok"], status
@@ -61,8 +64,8 @@ def cluster_rt(
         import ray
 
         rt.stop_tree(cfg.runtime.namespace, handle=sup)
-        gone = {node.node_id for node in nodes}
-        for node in nodes:
+        gone = {node.node_id for node in [*nodes, speech_node]}
+        for node in [*nodes, speech_node]:
             if node in cluster.worker_nodes:
                 cluster.remove_node(node)
         # Later trees must not be placed on a node Ray has not yet declared dead.
@@ -110,6 +113,17 @@ async def test_every_adapter_shares_the_node_marked_adapters(
     adapters = [a for a in (await rt.status())["actors"] if a["kind"] == "adapter"]
     assert {a["name"] for a in adapters} == {"adapter-webchat", "adapter-qq"}
     assert all(a["state"] == "alive" and a["node_id"] in marked for a in adapters), adapters
+
+
+async def test_speech_workers_go_to_the_node_marked_speech(
+    cluster_rt: tuple[Runtime, list[Any]],
+) -> None:
+    import ray
+
+    rt, _ = cluster_rt
+    marked = {n["NodeID"] for n in ray.nodes() if n["Alive"] and n["Resources"].get("speech")}
+    (stt,) = [a for a in (await rt.status())["actors"] if a["kind"] == "stt"]
+    assert stt["state"] == "alive" and stt["node_id"] in marked, stt
 
 
 async def test_node_join_moves_shards_and_conversations_continue(
