@@ -8,6 +8,7 @@
     astr-ray kb ls|create|add|search|rm  knowledge bases (astr_ray.cli_kb)
     astr-ray rolling-restart           replace session hosts one by one (after an upgrade)
     astr-ray chat                      talk to the running bot from the terminal
+    astr-ray password                  give the dashboard's admin a new password
     astr-ray plugin ls                 installed plugins: version, source, manifest errors
     astr-ray plugin install SOURCE     from a git URL, a folder or a .zip/.tar.gz (--force)
     astr-ray plugin update NAME        install again from where it came from
@@ -33,7 +34,7 @@ from typing import Any
 
 from astr_ray.cli_kb import add_kb_parser, cmd_kb
 from astr_ray.config import DEFAULT_CONFIG_PATH, Config, load_config, write_default_config
-from astr_ray.errors import ConfigError, PluginError
+from astr_ray.errors import ConfigError, PluginError, StoreError
 
 __all__ = ["main"]
 
@@ -52,12 +53,36 @@ def cmd_init(args: argparse.Namespace) -> int:
     return 0
 
 
+def _admin_auth(cfg: Config, new_password: bool) -> str | None:
+    """Open the store (migrated) and either give the dashboard admin a password if it
+    has none (``new_password`` false: returns it, or ``None``) or reset it (returns it)."""
+    from astr_ray.auth import Auth
+    from astr_ray.store import Store
+
+    async def go() -> str | None:
+        async with await Store.open(cfg.store_url) as store:
+            await store.migrate()
+            auth = Auth(store)
+            return await (auth.reset_password() if new_password else auth.ensure_admin())
+
+    return asyncio.run(go())
+
+
 def _print_where(
-    cfg: Config, ray_info: dict[str, Any] | None, status: dict[str, Any] | None = None
+    cfg: Config,
+    ray_info: dict[str, Any] | None,
+    status: dict[str, Any] | None = None,
+    admin_password: str | None = None,
 ) -> None:
     token = cfg.webchat.token.get_secret_value() if cfg.webchat.token else "(none)"
     base = f"http://{cfg.webchat.host}:{cfg.webchat.port}"
     print("astr-ray is up")
+    print(f"  dashboard     http://{cfg.dashboard.host}:{cfg.dashboard.port}/")
+    if admin_password is not None:
+        print(
+            f"  login         admin / {admin_password}   "
+            "(shown once; change it in the dashboard or with astr-ray password)"
+        )
     print(f"  web chat      {base}/api/chat   ws://{cfg.webchat.host}:{cfg.webchat.port}/ws/chat")
     print(f"  health        {base}/health")
     print(f"  token         {token}")
@@ -96,6 +121,8 @@ def cmd_dev(args: argparse.Namespace) -> int:
     if "watch" not in cfg.plugins.model_fields_set:
         # Dev mode: plugins reload when their files change, unless the config says no.
         cfg = cfg.model_copy(update={"plugins": cfg.plugins.model_copy(update={"watch": True})})
+    # Before Ray: a store that cannot be opened fails fast, with nothing to tear down.
+    admin_password = _admin_auth(cfg, new_password=False)
     from actors import runtime
 
     print("starting Ray (single node)...", flush=True)
@@ -109,7 +136,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
     sup = None
     try:
         sup, status = runtime.start_tree(cfg)
-        _print_where(cfg, info, status)
+        _print_where(cfg, info, status, admin_password)
         _print_status(status, brief=True)
         print("Ctrl-C stops everything.", flush=True)
         while True:
@@ -135,11 +162,12 @@ def cmd_dev(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     cfg = _load(args.config)
+    admin_password = _admin_auth(cfg, new_password=False)
     from actors import runtime
 
     runtime.connect(args.address, cfg.runtime.namespace)
     _, status = runtime.start_tree(cfg)
-    _print_where(cfg, None, status)
+    _print_where(cfg, None, status, admin_password)
     _print_status(status, brief=True)
     return 0
 
@@ -317,6 +345,14 @@ def cmd_chat(args: argparse.Namespace) -> int:
     return asyncio.run(_chat(url, token, args.session, args.message))
 
 
+def cmd_password(args: argparse.Namespace) -> int:
+    cfg = _load(args.config)
+    password = _admin_auth(cfg, new_password=True)
+    print(f"new dashboard password: admin / {password}   (shown once)")
+    print("every dashboard login was logged out; API keys still work")
+    return 0
+
+
 # -- plugins -------------------------------------------------------------------------
 _RELOAD_HINT = (
     "a running bot picks this up with `astr-ray plugin reload` "
@@ -473,6 +509,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--token")
     p.add_argument("-m", "--message", help="send one message, print the answer, exit")
     p.set_defaults(func=cmd_chat)
+    p = sub.add_parser(
+        "password", help="give the dashboard's admin a new, generated password (shown once)"
+    )
+    p.set_defaults(func=cmd_password)
     _add_plugin_parser(sub)
     add_kb_parser(sub)
     sub.choices["kb"].set_defaults(func=lambda args: cmd_kb(args, _load(args.config)))
@@ -487,6 +527,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2
+    except StoreError as exc:
+        print(f"store error: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -11,6 +13,8 @@ from pathlib import Path
 
 import yaml
 
+from astr_ray.auth import Auth, AuthError
+from astr_ray.store import Store
 from tests.conftest import Runtime, free_port, new_session
 from tests.peers.openai_server import FakeLLM
 
@@ -32,6 +36,42 @@ def test_init_writes_a_config_with_a_token(tmp_path: Path) -> None:
         [*CLI, "-c", str(cfg), "init"], capture_output=True, text=True, timeout=60
     )
     assert again.returncode == 2 and "exists already" in again.stderr
+
+
+def test_password_prints_a_new_password_once_and_the_old_one_stops_working(
+    tmp_path: Path,
+) -> None:
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(yaml.safe_dump({"data_dir": str(tmp_path / "data")}))
+
+    def new_password() -> str:
+        out = subprocess.run(
+            [*CLI, "-c", str(cfg), "password"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=_env(),
+        )
+        assert out.returncode == 0, out.stderr
+        found = re.findall(r"admin / (\S+)", out.stdout)
+        assert len(found) == 1, out.stdout
+        assert out.stdout.count(found[0]) == 1  # printed once, nowhere else
+        return str(found[0])
+
+    async def can_log_in(password: str) -> bool:
+        async with await Store.open(str(tmp_path / "data" / "astr_ray.db")) as store:
+            try:
+                await Auth(store).login("admin", password, "cli-test")
+            except AuthError:
+                return False
+            return True
+
+    first = new_password()
+    assert asyncio.run(can_log_in(first))
+    second = new_password()
+    assert second != first and len(second) >= 10
+    assert asyncio.run(can_log_in(second))
+    assert not asyncio.run(can_log_in(first))
 
 
 def test_chat_and_status_against_a_running_tree(runtime: Runtime, tmp_path: Path) -> None:
@@ -98,6 +138,7 @@ def test_dev_runs_chats_and_stops_cleanly_on_ctrl_c(tmp_path: Path, fake_llm: Fa
             "data_dir": str(tmp_path / "data"),
             "providers": [{"id": "local", "model": "openai/m", "api_base": fake_llm.base_url}],
             "webchat": {**data["webchat"], "port": port},
+            "dashboard": {"port": free_port()},
             "runtime": {**data["runtime"], "namespace": "dev-test"},
             "sessions": {**data["sessions"], "hosts": 1},
         }
@@ -157,6 +198,10 @@ def test_run_joins_a_cluster_and_a_second_run_reattaches(
                 "providers": [{"id": "p", "model": "openai/m", "api_base": fake_llm.base_url}],
                 "sessions": {"hosts": 1},
                 "webchat": {"port": free_port(), "token": "run-token"},
+                "dashboard": {"port": free_port()},
+                # The shared test Ray's CPUs are the shared tree's: no CPU pools here.
+                "knowledge": {"embedders": 0},
+                "speech": {"tts": {"workers": 0}, "stt": {"workers": 0}},
                 "runtime": {"namespace": ns, "placement": "any"},
             }
         )
