@@ -7,6 +7,7 @@ settings, a key-value store for plugins, and personas.
 
 from __future__ import annotations
 
+from astr_ray.store.browse import MessageHit, SessionSummary
 from astr_ray.store.records import (
     Activation,
     ActorEvent,
@@ -23,9 +24,11 @@ __all__ = [
     "Activation",
     "ActorEvent",
     "ConversationInfo",
+    "MessageHit",
     "NewMessage",
     "Persona",
     "SessionState",
+    "SessionSummary",
     "Store",
     "StoredMessage",
     "TurnRecord",

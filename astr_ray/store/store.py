@@ -41,6 +41,7 @@ from astr_ray.errors import StoreError
 from astr_ray.store import migrate as _migrate
 from astr_ray.store.activation import ActivationMixin
 from astr_ray.store.base import clock
+from astr_ray.store.browse import BrowseMixin
 from astr_ray.store.conversations import ConversationsMixin
 from astr_ray.store.knowledge import KnowledgeMixin
 from astr_ray.store.records import ActorEvent
@@ -100,7 +101,9 @@ def _mkdir_parent(database: str) -> None:
     Path(database).parent.mkdir(parents=True, exist_ok=True)
 
 
-class Store(ConversationsMixin, TurnsMixin, ActivationMixin, SettingsMixin, KnowledgeMixin):
+class Store(  # BrowseMixin first: it builds on ConversationsMixin
+    BrowseMixin, ConversationsMixin, TurnsMixin, ActivationMixin, SettingsMixin, KnowledgeMixin
+):
     """Sessions, conversations, messages, idempotency records, settings, plugin key-value
     pairs and personas in one database.
 
