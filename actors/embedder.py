@@ -24,6 +24,7 @@ import numpy as np
 import ray
 
 from actors.common import node_id, setup_logging
+from actors.logship import ship_logs
 from actors.pool import WorkerPool
 from astr_ray.config import Config, parse_config
 from astr_ray.errors import KnowledgeError
@@ -44,6 +45,7 @@ class EmbedderWorker:
         os.environ["TOKENIZERS_PARALLELISM"] = "false"  # before tokenizers is imported
         self.name = name
         self.cfg: Config = parse_config(config)
+        ship_logs(name, self.cfg.runtime.namespace)
         self._one_at_a_time = asyncio.Lock()
         self.lifecycle = Lifecycle(name, self._on_start, self._on_stop)
         self.embedder: Embedder | None = None

@@ -23,6 +23,7 @@ import numpy as np
 import ray
 
 from actors.common import node_id, setup_logging
+from actors.logship import ship_logs
 from astr_ray.config import Config, parse_config
 from astr_ray.errors import KnowledgeError
 from astr_ray.kb.fusion import Hit
@@ -47,6 +48,7 @@ class KnowledgeShard:
         setup_logging(self.name)
         self.index = index
         self.cfg: Config = parse_config(config)
+        ship_logs(self.name, self.cfg.runtime.namespace)
         self.shards = self.cfg.knowledge.shards
         self.lifecycle = Lifecycle(self.name, self._on_start, self._on_stop)
         self.indexes: dict[int, ShardIndex] = {}

@@ -33,6 +33,7 @@ import ray
 from actors.common import ACTOR_GONE, KNOWLEDGE, get_actor, node_id, setup_logging
 from actors.embedder import EmbedderPool
 from actors.kb_shard import shard_name
+from actors.logship import ship_logs
 from astr_ray.config import Config, parse_config
 from astr_ray.errors import KnowledgeError, StoreError
 from astr_ray.kb.chunk import chunk_hash, chunk_text
@@ -191,6 +192,7 @@ class KnowledgeService:
     def __init__(self, config: dict[str, Any]) -> None:
         setup_logging(KNOWLEDGE)
         self.cfg: Config = parse_config(config)
+        ship_logs(KNOWLEDGE, self.cfg.runtime.namespace)
         self.kcfg = self.cfg.knowledge
         self.lifecycle = Lifecycle(KNOWLEDGE, self._on_start, self._on_stop)
         self.jobs: dict[str, Job] = {}

@@ -20,6 +20,7 @@ from typing import Any
 import ray
 
 from actors.common import node_id, setup_logging
+from actors.logship import ship_logs
 from astr_ray.config import Config, McpServerConfig, parse_config
 from astr_ray.errors import McpError
 from astr_ray.lifecycle import Lifecycle
@@ -37,6 +38,7 @@ class McpClient:
     def __init__(self, server: str, config: dict[str, Any]) -> None:
         setup_logging(mcp_name(server))
         self.cfg: Config = parse_config(config)
+        ship_logs(mcp_name(server), self.cfg.runtime.namespace)
         found = [s for s in self.cfg.mcp.servers if s.name == server]
         if not found:
             raise McpError(f"no MCP server named {server!r} in the config")

@@ -26,6 +26,7 @@ from typing import Any
 import ray
 
 from actors.common import RayMetricsMirror, node_id, setup_logging
+from actors.logship import ship_logs
 from actors.router import HostRouter
 from astr_ray.config import Config, PlatformConfig, parse_config
 from astr_ray.errors import PlatformError
@@ -44,6 +45,7 @@ class PlatformAdapter:
         self.name = f"adapter-{platform_id}"
         setup_logging(self.name)
         self.cfg: Config = parse_config(config)
+        ship_logs(self.name, self.cfg.runtime.namespace)
         found = [p for p in self.cfg.platforms if p.id == platform_id]
         if not found:
             raise PlatformError(f"no platform {platform_id!r} in the config")

@@ -25,6 +25,7 @@ import ray
 from ray.exceptions import RayActorError
 
 from actors.common import get_actor, node_id, setup_logging
+from actors.logship import ship_logs
 from actors.services import RuntimeServices, build_chain
 from astr_ray.config import Config, parse_config
 from astr_ray.errors import PluginError
@@ -53,6 +54,7 @@ class PluginWorker:
         self.folder = Path(folder)
         self.package = package  # an installed package (entry point), else a folder
         self.cfg: Config = parse_config(config)
+        ship_logs(worker_name(plugin), self.cfg.runtime.namespace)
         self.started_at = time.time()
         self.lifecycle = Lifecycle(worker_name(plugin), self._on_start, self._on_stop)
         self.runner: PluginRunner | None = None

@@ -21,6 +21,9 @@ def init_local(cfg: Config, *, dashboard: bool = True) -> dict[str, Any]:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     ctx = ray.init(
         address="local",  # always a new instance: never attach to another cluster here
+        # Every CPU-pool worker (num_cpus=1) needs a logical CPU to be placed at all; on
+        # a machine with fewer cores they share them (slower, never stuck).
+        num_cpus=max(os.cpu_count() or 1, cpu_workers(cfg)),
         namespace=cfg.runtime.namespace,
         include_dashboard=dashboard,
         dashboard_host="127.0.0.1",
@@ -29,6 +32,16 @@ def init_local(cfg: Config, *, dashboard: bool = True) -> dict[str, Any]:
         _node_ip_address="127.0.0.1",
     )
     return dict(ctx.address_info) | {"dashboard_url": ctx.dashboard_url}  # type: ignore[attr-defined]
+
+
+def cpu_workers(cfg: Config) -> int:
+    """How many actors of the tree ask for a whole CPU (embedders, TTS, STT)."""
+    speech = cfg.speech
+    return (
+        cfg.knowledge.embedders
+        + (speech.tts.workers if speech.tts.backend != "off" else 0)
+        + (speech.stt.workers if speech.stt.backend != "off" else 0)
+    )
 
 
 def connect(address: str, namespace: str) -> None:

@@ -25,6 +25,7 @@ from typing import Any
 import ray
 
 from actors.common import node_id, setup_logging
+from actors.logship import ship_logs
 from astr_ray.config import Config, parse_config
 from astr_ray.errors import SandboxError
 from astr_ray.lifecycle import Lifecycle
@@ -45,6 +46,7 @@ class SandboxExecutor:
         setup_logging(name)
         self.name = name
         self.cfg: Config = parse_config(config)
+        ship_logs(name, self.cfg.runtime.namespace)
         self.lifecycle = Lifecycle(name, self._on_start, self._on_stop)
         self.backend: Backend | None = None
         self.unavailable: str | None = None

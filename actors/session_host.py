@@ -39,8 +39,10 @@ from actors.common import (
     setup_logging,
 )
 from actors.knowledge import KnowledgeClient
+from actors.logship import ship_logs
 from actors.mcp_tools import McpTools
 from actors.plugin_worker import remote_handle
+from actors.reconfigure import config_rev
 from actors.sandbox_tools import SandboxTools
 from actors.services import RuntimeServices, build_chain
 from actors.speech import SpeechClient
@@ -67,6 +69,8 @@ class SessionHost:
         setup_logging(name)
         self.name = name
         self.cfg: Config = parse_config(config)
+        ship_logs(name, self.cfg.runtime.namespace)
+        self.config_rev = config_rev(config)
         self.boot = uuid.uuid4().hex[:12]
         self.started_at = time.time()
         self.lifecycle = Lifecycle(name, self._on_start, self._on_stop)
@@ -172,6 +176,36 @@ class SessionHost:
             "failures": [f.to_dict() for f in self.plugins.failures.values()],
             "pending": sorted(self.plugins.pending),
         }
+
+    async def update_config(self, config: dict[str, Any]) -> dict[str, Any]:
+        """Take an edited config without a restart (the dashboard's edits, through
+        ``Supervisor.apply_config``): the provider chain is rebuilt, and what each turn
+        reads from the config (personas, access, agent, speech, knowledge mode, plugin
+        settings at their next reload) sees the new values. Sessions, mailboxes and
+        shards stay. Turns running on the old chain finish on it."""
+        await self.lifecycle.ensure_started()
+        new = parse_config(config)
+        self.config_rev = config_rev(config)
+        old_chain = self.chain
+        chain = await build_chain(new, self.name, self.metrics)
+        self.cfg = new
+        self.chain = chain
+        self.processor.cfg = new
+        self.processor.chain = chain
+        self.processor.personas.cfg = new
+        self.processor.personas.invalidate()
+        self.plugins.cfg = new
+        services = getattr(self.plugins, "services", None)
+        if services is not None:
+            services.cfg, services.chain = new, chain
+
+        async def retire_old() -> None:
+            await asyncio.sleep(max(60.0, self.cfg.sessions.turn_timeout_s))
+            await old_chain.close()
+
+        task = asyncio.create_task(retire_old())
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
+        return {"providers": [p.id for p in new.provider_chain()]}
 
     async def plugin_listing(self) -> dict[str, Any]:
         await self.lifecycle.ensure_started()
@@ -381,6 +415,7 @@ class SessionHost:
             "boot": self.boot,
             "state": self.lifecycle.state.value,
             "started_at": self.started_at,
+            "config_rev": self.config_rev,
         }
         if hasattr(self, "manager"):
             info.update(self.manager.stats())
@@ -412,6 +447,20 @@ class SessionHost:
             "sessions": self.manager.active,
             "blocks": sys.getallocatedblocks(),
         }
+
+    async def forget_conversation(self, conversation_id: str) -> int:
+        """A conversation was deleted from outside (the dashboard): sessions that hold it
+        in memory drop their cache once their turn is done, and the next message
+        activates them again from the store (a fresh conversation)."""
+        await self.lifecycle.ensure_started()
+        holding = {
+            key
+            for key, box in self.manager.sessions.items()
+            if box.live is not None and box.live.conversation_id == conversation_id
+        }
+        if not holding:
+            return 0
+        return await self.manager.release(lambda key: key in holding, within=30)
 
     async def passivate_now(self) -> int:
         """Passivate every idle session at once (tests, drains)."""

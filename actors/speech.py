@@ -26,6 +26,7 @@ import ray
 from ray.exceptions import RayTaskError
 
 from actors.common import node_id, setup_logging
+from actors.logship import ship_logs
 from actors.pool import WorkerPool
 from astr_ray.config import Config, parse_config
 from astr_ray.errors import AstrRayError, SpeechError
@@ -54,6 +55,7 @@ class SpeechWorker:
         self.name = name
         self.kind = kind
         self.cfg: Config = parse_config(config)
+        ship_logs(name, self.cfg.runtime.namespace)
         self._one_at_a_time = asyncio.Lock()
         self.lifecycle = Lifecycle(name, self._on_start, self._on_stop)
         self.backend: Any = None

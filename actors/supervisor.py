@@ -50,14 +50,17 @@ from actors.common import (
     pool_name,
     setup_logging,
 )
+from actors.dashboard import DASHBOARD, Dashboard
 from actors.directory import ShardDirectory
 from actors.embedder import EmbedderWorker, embedder_name
 from actors.kb_shard import KnowledgeShard, shard_name
 from actors.knowledge import KnowledgeService
+from actors.logship import ship_logs
 from actors.mcp_client import McpClient, mcp_name
 from actors.platform_adapter import PlatformAdapter
 from actors.plugin_worker import PluginWorker, worker_name
 from actors.provider_pool import ProviderPool
+from actors.reconfigure import config_rev, reconfigure
 from actors.sandbox_executor import SandboxExecutor, executor_name
 from actors.session_host import SessionHost
 from actors.speech import SpeechWorker, stt_name, tts_name
@@ -93,7 +96,9 @@ class Supervisor:
     def __init__(self, config: dict[str, Any]) -> None:
         setup_logging("supervisor")
         self.cfg: Config = parse_config(config)
+        ship_logs("supervisor", self.cfg.runtime.namespace)
         self.transport = self.cfg.to_transport()
+        self.config_rev = config_rev(self.transport)
         self.lifecycle = Lifecycle("supervisor", self._on_start, self._on_stop)
         self.children: dict[str, Child] = {}
         self._loop_task: asyncio.Task[None] | None = None
@@ -183,6 +188,8 @@ class Supervisor:
                 self._add(self._platform_child(platform.id))
         if self.cfg.webchat.enabled:
             self._add(self._adapter_child())
+        if self.cfg.dashboard.enabled:
+            self._add(self._dashboard_child())
         # Start in order (directory and pools before the hosts that call them).
         attached = 0
         for child in self.children.values():
@@ -317,6 +324,13 @@ class Supervisor:
             lambda: PlatformAdapter.options(**opts).remote(platform_id, cfg),  # type: ignore[attr-defined]
         )
 
+    def _dashboard_child(self) -> Child:
+        opts = child_options(
+            DASHBOARD, self.cfg.runtime.namespace, max_concurrency=10_000, **self._control_placement
+        )
+        cfg = self.transport
+        return Child(DASHBOARD, "dashboard", lambda: Dashboard.options(**opts).remote(cfg))  # type: ignore[attr-defined]
+
     def _adapter_child(self) -> Child:
         opts = child_options(
             WEBCHAT, self.cfg.runtime.namespace, max_concurrency=100_000, **self._adapter_placement
@@ -449,6 +463,13 @@ class Supervisor:
         pools = [c for c in self.children.values() if c.kind == "provider_pool" and c.handle]
         await asyncio.gather(*(c.handle.forget.remote(host) for c in pools), return_exceptions=True)
 
+    async def apply_config(self, config: dict[str, Any]) -> dict[str, Any]:
+        """Bring the running tree in line with an edited config (the dashboard's), without
+        restarting what did not change (``actors.reconfigure``)."""
+        await self.lifecycle.ensure_started()
+        async with self._membership:
+            return await reconfigure(self, parse_config(config))
+
     async def rolling_restart(self) -> dict[str, Any]:
         """Replace every SessionHost by a fresh process, one at a time, without losing a
         session: its shards move to the other hosts first (its turns finish, sessions
@@ -547,6 +568,9 @@ class Supervisor:
             await self._event(
                 child, "restarted", f"process {child.pid} exited; Ray restarted it as {pid}", pid
             )
+            if child.kind == "session_host" and info.get("config_rev") != self.config_rev:
+                # Ray re-ran it with the config it was created with: send the edited one.
+                await child.handle.update_config.remote(self.transport)
         child.pid, child.state, child.last_info = pid, "alive", info
         child.backoff = 0.0
 
@@ -742,7 +766,7 @@ class Supervisor:
     async def metrics(self) -> dict[str, Snapshot]:
         """Every actor's metrics snapshot, by actor name (children that do not answer
         within 5 s are left out, never waited for)."""
-        kinds = ("session_host", "adapter")
+        kinds = ("session_host", "adapter", "dashboard")
         children = [c for c in self.children.values() if c.kind in kinds and c.handle]
 
         async def one(child: Child) -> tuple[str, Snapshot | None]:
@@ -761,7 +785,7 @@ class Supervisor:
 
 
 OPTIONAL_KINDS = frozenset(
-    {"plugin", "sandbox", "mcp", "embedder", "kb_shard", "knowledge", "tts", "stt"}
+    {"plugin", "sandbox", "mcp", "embedder", "kb_shard", "knowledge", "tts", "stt", "dashboard"}
 )
 STARTED_KINDS = frozenset(
     {
@@ -775,6 +799,7 @@ STARTED_KINDS = frozenset(
         "knowledge",
         "tts",
         "stt",
+        "dashboard",
     }
 )
 """Children with ``start``/``stop`` methods (the others start in their constructor)."""

@@ -9,25 +9,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import ray
 import uvicorn
-from ray.exceptions import RayActorError, RayTaskError
 
 from actors.common import (
-    KNOWLEDGE,
-    SUPERVISOR,
     RayMetricsMirror,
-    get_actor,
     node_id,
     setup_logging,
 )
+from actors.logship import ship_logs
 from actors.router import HostRouter
+from actors.tree_client import TreeClient
 from astr_ray.config import Config, parse_config
-from astr_ray.errors import KnowledgeError
 from astr_ray.lifecycle import Lifecycle
 from astr_ray.message import Event, Reply, parse_session_key
 from astr_ray.metrics import Metrics, Snapshot
@@ -37,10 +33,11 @@ log = logging.getLogger(__name__)
 
 
 @ray.remote
-class WebChatAdapter:
+class WebChatAdapter(TreeClient):
     def __init__(self, config: dict[str, Any]) -> None:
         setup_logging("adapter-webchat")
         self.cfg: Config = parse_config(config)
+        ship_logs("adapter-webchat", self.cfg.runtime.namespace)
         self.lifecycle = Lifecycle("adapter-webchat", self._on_start, self._on_stop)
         self._server: uvicorn.Server | None = None
         self._serve: asyncio.Task[None] | None = None
@@ -137,30 +134,6 @@ class WebChatAdapter:
     def metrics_snapshot(self) -> Snapshot:
         return self.metrics.snapshot()
 
-    async def knowledge(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        """Call the KnowledgeService; its refusals come back as ``KnowledgeError``."""
-        if self.cfg.knowledge.embedders < 1:
-            raise KnowledgeError("knowledge bases are off (knowledge.embedders is 0)")
-        try:
-            service = get_actor(KNOWLEDGE, self.cfg.runtime.namespace)
-            return await asyncio.wait_for(getattr(service, method).remote(*args, **kwargs), 120)
-        except RayTaskError as exc:
-            if isinstance(exc.cause, KnowledgeError):
-                raise exc.cause from None
-            raise
-        except (RayActorError, ValueError, TimeoutError) as exc:
-            raise KnowledgeError(
-                f"the knowledge service is not available ({type(exc).__name__})"
-            ) from None
-
-    async def metrics_text(self) -> bytes:
-        """The whole tree's metrics in Prometheus' text format (for ``/metrics``)."""
-        from astr_ray.metrics import render
-
-        sup = get_actor(SUPERVISOR, self.cfg.runtime.namespace)
-        snapshots = await asyncio.wait_for(sup.metrics.remote(), timeout=10)
-        return render(snapshots)
-
     async def _mirror_forever(self) -> None:
         while True:
             await asyncio.sleep(5)
@@ -168,22 +141,3 @@ class WebChatAdapter:
                 self._mirror.update(self.metrics.snapshot())
             except Exception:
                 log.exception("mirroring metrics to Ray failed")
-
-    async def platforms(self) -> list[dict[str, Any]]:
-        """Each chat account's health and counters (``Supervisor.platforms``)."""
-        sup = get_actor(SUPERVISOR, self.cfg.runtime.namespace)
-        result: list[dict[str, Any]] = await asyncio.wait_for(sup.platforms.remote(), timeout=5)
-        return result
-
-    async def health(self) -> dict[str, Any]:
-        """The Supervisor's view of the tree, cached for a second."""
-        at, info = self._health
-        if time.monotonic() - at < 1.0 and info:
-            return info
-        try:
-            sup = get_actor(SUPERVISOR, self.cfg.runtime.namespace)
-            status = await asyncio.wait_for(sup.health.remote(), timeout=5)
-        except Exception as exc:
-            status = {"ok": False, "error": f"supervisor unreachable: {type(exc).__name__}"}
-        self._health = (time.monotonic(), status)
-        return status

@@ -121,8 +121,14 @@ class WebChatConfig(_Section):
 
 
 class DashboardConfig(_Section):
+    """The web console (login required; `astr-ray password` sets the admin password)."""
+
+    enabled: bool = True
     host: str = "127.0.0.1"
     port: int = Field(default=6185, ge=0, le=65_535)
+    secure_cookies: bool = Field(
+        default=False, description="set when the dashboard is served over HTTPS (a proxy)"
+    )
 
 
 class PluginsConfig(_Section):
@@ -546,6 +552,11 @@ class RuntimeConfig(_Section):
     restart_backoff_s: float = Field(default=1.0, gt=0)
     restart_backoff_max_s: float = Field(default=60.0, gt=0)
     ray_dashboard_port: int = Field(default=8265, ge=0, le=65_535)
+    config_file: str | None = Field(
+        default=None,
+        description="set when the config is loaded from a file: the file the dashboard "
+        "edits (not written in the file itself)",
+    )
 
 
 class Config(_Section):
@@ -714,6 +725,9 @@ def load_config(path: Path | str = DEFAULT_CONFIG_PATH) -> Config:
     except OSError as exc:
         raise ConfigError(f"cannot read config: {exc.strerror}", file=str(p)) from None
     cfg = parse_config(data, source=str(p))
+    cfg = cfg.model_copy(
+        update={"runtime": cfg.runtime.model_copy(update={"config_file": str(p.resolve())})}
+    )
     if not cfg.data_dir.is_absolute():
         # A relative data_dir is relative to the folder that holds data/config.yaml's parent,
         # i.e. where the user runs astr-ray; keep it as given but absolute for actors.

@@ -45,7 +45,15 @@ from astr_ray.media import parse_data_url
 from astr_ray.message import ChatType, Component, Event, Reply, Sender, Text, Voice
 from dashboard.knowledge_api import knowledge_routes
 
-__all__ = ["PLATFORM_ID", "ChatBackend", "create_app"]
+__all__ = [
+    "PLATFORM_ID",
+    "BadRequest",
+    "ChatBackend",
+    "create_app",
+    "parse_message",
+    "read_body",
+    "reply_json",
+]
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +121,7 @@ class BadRequest(ValueError):
     pass
 
 
-def _event(data: Any, max_chars: int) -> Event:
+def parse_message(data: Any, max_chars: int) -> Event:
     if not isinstance(data, dict):
         raise BadRequest("body must be a JSON object")
     session = data.get("session", "default")
@@ -158,7 +166,7 @@ def _voice(value: Any) -> Voice:
     return Voice(url=value)
 
 
-def _reply_json(reply: Reply) -> dict[str, Any]:
+def reply_json(reply: Reply) -> dict[str, Any]:
     return {
         "type": "reply",
         "session_key": reply.session_key,
@@ -171,7 +179,7 @@ def _reply_json(reply: Reply) -> dict[str, Any]:
     }
 
 
-async def _body(request: Request, limit: int) -> bytes | None:
+async def read_body(request: Request, limit: int) -> bytes | None:
     """The request body, or None when it is over ``limit`` (read no further)."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
@@ -216,16 +224,16 @@ def create_app(
     async def chat(request: Request) -> Response:
         if not authorized(bearer(request)):
             return JSONResponse({"error": "missing or wrong token"}, status_code=401)
-        body = await _body(request, MAX_VOICE_BODY)
+        body = await read_body(request, MAX_VOICE_BODY)
         if body is None:
             return JSONResponse({"error": "request body too large"}, status_code=413)
         try:
-            event = _event(json.loads(body or b"null"), max_chars)
+            event = parse_message(json.loads(body or b"null"), max_chars)
         except (ValueError, BadRequest) as exc:
             msg = str(exc) if isinstance(exc, BadRequest) else "body is not valid JSON"
             return JSONResponse({"error": msg}, status_code=400)
         reply = await backend.send(event)
-        return JSONResponse(_reply_json(reply))
+        return JSONResponse(reply_json(reply))
 
     async def platforms(request: Request) -> Response:
         if not authorized(bearer(request)):
@@ -264,7 +272,7 @@ def create_app(
                             {"type": "chunk", "message_id": event.message_id, "text": item["chunk"]}
                         )
                     else:
-                        await send(_reply_json(item["reply"]))
+                        await send(reply_json(item["reply"]))
             except (WebSocketDisconnect, RuntimeError):
                 pass  # the client left; the turn is committed and can be fetched again
             except Exception:
@@ -283,7 +291,7 @@ def create_app(
                     data = json.loads(raw)
                     if not isinstance(data, dict) or data.get("type", "message") != "message":
                         raise BadRequest('expected {"type": "message", ...}')
-                    event = _event(data, max_chars)
+                    event = parse_message(data, max_chars)
                 except (ValueError, BadRequest) as exc:
                     msg = str(exc) if isinstance(exc, BadRequest) else "not valid JSON"
                     await send({"type": "error", "message": msg})

@@ -22,6 +22,7 @@ from typing import Any
 import aiohttp
 import asyncpg
 import pytest
+import yaml
 
 from astr_ray.config import Config, parse_config
 from tests.peers.discord_api import FakeDiscord
@@ -71,6 +72,16 @@ FAST_HEALTH_CHECKS = {
     "health_check_failure_threshold": 4,
     "health_check_initial_delay_ms": 0,
 }
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests without Ray first, the actor tree's last. Once the shared tree is up (some
+    forty actor processes pinging, polling and logging), everything after it runs on a
+    busier machine: core tests took ~4 s each after the actor tests, 0.2 s before."""
+    items.sort(
+        key=lambda item: item.nodeid.startswith("tests/actors/")
+        or "ray_cluster" in getattr(item, "fixturenames", ())
+    )
 
 
 @pytest.fixture(scope="session")
@@ -129,7 +140,15 @@ def _reset_fakes(request: pytest.FixtureRequest) -> Iterator[None]:
         f.reset()
 
 
-def runtime_config(tmp: Path, primary: FakeLLM, fallback: FakeLLM, **overrides: Any) -> Config:
+def runtime_config(
+    tmp: Path,
+    primary: FakeLLM,
+    fallback: FakeLLM,
+    config_file: Path | None = None,
+    **overrides: Any,
+) -> Config:
+    """A tree's config. With ``config_file`` it is also written there as YAML (the file
+    the dashboard edits), and the tree knows it by that file."""
     data: dict[str, Any] = {
         "data_dir": str(tmp),
         "providers": [
@@ -160,6 +179,7 @@ def runtime_config(tmp: Path, primary: FakeLLM, fallback: FakeLLM, **overrides: 
         "sandbox": {"executors": 0},  # trees that run code say so
         "knowledge": {"embedders": 0},  # trees with knowledge bases say so
         "speech": {"tts": {"workers": 0}, "stt": {"workers": 0}},  # the shared tree speaks
+        "dashboard": {"enabled": False, "port": free_port()},  # the shared tree has one
         "webchat": {"port": free_port(), "token": "test-token-" + uuid.uuid4().hex},
         "runtime": {
             "namespace": "astr-test-" + uuid.uuid4().hex[:8],
@@ -172,12 +192,16 @@ def runtime_config(tmp: Path, primary: FakeLLM, fallback: FakeLLM, **overrides: 
             data.setdefault(key, {}).update(value)
         else:
             data[key] = value
+    if config_file is not None:
+        config_file.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+        config_file.chmod(0o600)
+        data["runtime"]["config_file"] = str(config_file)
     return parse_config(data)
 
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 FIXTURE_PLUGINS = Path(__file__).resolve().parent / "fixtures" / "plugins"
-RUNTIME_PLUGINS = ("greeter", "raiser", "sleeper", "isolated_box")
+RUNTIME_PLUGINS = ("greeter", "raiser", "sleeper", "isolated_box", "dice")
 RUNTIME_ADMIN = "runtime-admin"
 ONEBOT_TOKEN = "onebot-test-token"
 KB_NAME = "handbook"  # the shared tree's librarian persona reads this knowledge base
@@ -273,6 +297,10 @@ class Runtime:
         return f"http://127.0.0.1:{self.cfg.webchat.port}"
 
     @property
+    def dashboard(self) -> str:
+        return f"http://127.0.0.1:{self.cfg.dashboard.port}"
+
+    @property
     def ws(self) -> str:
         return f"ws://127.0.0.1:{self.cfg.webchat.port}/ws/chat"
 
@@ -321,7 +349,9 @@ def runtime(
         data,
         fake_llm,
         fake_fallback,
-        plugins={"handler_timeout_s": 3, "ping_timeout_s": 2},
+        config_file=data / "config.yaml",
+        plugins={"handler_timeout_s": 3, "ping_timeout_s": 2, "disabled": ["dice"]},
+        dashboard={"enabled": True},
         access={"admins": [f"webchat:{RUNTIME_ADMIN}"]},
         sandbox={"executors": 1, "backend": "bwrap", "timeout_s": 20},
         knowledge={
