@@ -31,6 +31,7 @@ from actors.common import SUPERVISOR, get_actor, node_id, setup_logging
 from actors.logship import DASHBOARD, ship_logs
 from actors.router import HostRouter
 from actors.tree_client import TreeClient
+from actors.web import serve, shut_down
 from astr_ray.auth import Auth
 from astr_ray.config import Config, parse_config
 from astr_ray.config_edit import ConfigFile
@@ -77,34 +78,15 @@ class Dashboard(TreeClient):
         path = self.cfg.runtime.config_file
         self.config_file: ConfigFile | None = ConfigFile(Path(path)) if path else None
         self.router = HostRouter.for_config(self.cfg)
-        app = create_app(self)
-        config = uvicorn.Config(
-            app,
-            host=self.cfg.dashboard.host,
-            port=self.cfg.dashboard.port,
-            log_level="warning",
-            access_log=False,
-            lifespan="off",
-            ws_max_size=16 << 20,
-        )
-        self._server = uvicorn.Server(config)
-        self._serve = asyncio.create_task(self._server.serve())
-        for _ in range(200):
-            if self._server.started or self._serve.done():
-                break
-            await asyncio.sleep(0.025)
-        if self._serve.done():
-            self._serve.result()  # raises the bind error
+        cfg = self.cfg.dashboard
+        self._server, self._serve = await serve(create_app(self), cfg.host, cfg.port)
         self._sampler = asyncio.create_task(self._sample_forever())
         log.info("dashboard on http://%s:%d", self.cfg.dashboard.host, self.cfg.dashboard.port)
 
     async def _on_stop(self) -> None:
         if self._sampler is not None:
             self._sampler.cancel()
-        if self._server is not None:
-            self._server.should_exit = True
-            if self._serve is not None:
-                await asyncio.wait({self._serve}, timeout=5)
+        await shut_down(self._server, self._serve)
         await self.store.close()
 
     async def stop(self) -> None:

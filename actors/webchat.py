@@ -23,6 +23,7 @@ from actors.common import (
 from actors.logship import ship_logs
 from actors.router import HostRouter
 from actors.tree_client import TreeClient
+from actors.web import serve, shut_down
 from astr_ray.config import Config, parse_config
 from astr_ray.lifecycle import Lifecycle
 from astr_ray.message import Event, Reply, parse_session_key
@@ -61,31 +62,12 @@ class WebChatAdapter(TreeClient):
             max_chars=self.cfg.webchat.max_message_chars,
             max_upload=int(self.cfg.knowledge.max_document_mb * 1024 * 1024),
         )
-        config = uvicorn.Config(
-            app,
-            host=self.cfg.webchat.host,
-            port=self.cfg.webchat.port,
-            log_level="warning",
-            access_log=False,
-            lifespan="off",
-            ws_max_size=1 << 20,
-        )
-        self._server = uvicorn.Server(config)
-        self._serve = asyncio.create_task(self._server.serve())
-        for _ in range(200):
-            if self._server.started or self._serve.done():
-                break
-            await asyncio.sleep(0.025)
-        if self._serve.done():
-            self._serve.result()  # raises the bind error
+        self._server, self._serve = await serve(app, self.cfg.webchat.host, self.cfg.webchat.port)
         self._mirror_task = asyncio.create_task(self._mirror_forever())
         log.info("web chat on http://%s:%d", self.cfg.webchat.host, self.cfg.webchat.port)
 
     async def _on_stop(self) -> None:
-        if self._server is not None:
-            self._server.should_exit = True
-            if self._serve is not None:
-                await asyncio.wait({self._serve}, timeout=5)
+        await shut_down(self._server, self._serve)
 
     async def stop(self) -> None:
         await self.lifecycle.stop()

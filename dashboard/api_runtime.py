@@ -34,6 +34,7 @@ from dashboard.webchat import (
     parse_message,
     read_body,
     reply_json,
+    serve_chat_socket,
 )
 
 __all__ = ["runtime_routes"]
@@ -268,52 +269,13 @@ def runtime_routes(backend: Any) -> list[BaseRoute]:
             if not ws_csrf_ok(principal, first):
                 await ws.close(code=4403, reason="missing or wrong CSRF token")
                 return
-        lock = asyncio.Lock()
-        tasks: set[asyncio.Task[None]] = set()
 
-        async def send(obj: dict[str, Any]) -> None:
-            async with lock:
-                await ws.send_text(json.dumps(obj))
+        def parse(data: dict[str, Any]) -> Any:
+            data["session"] = _chat_id(ws, str(data.get("session") or "main"))
+            data.setdefault("message_id", uuid.uuid4().hex)
+            return parse_message(data, backend.cfg.webchat.max_message_chars)
 
-        async def turn(event: Any) -> None:
-            try:
-                async for item in backend.stream(event):
-                    if "chunk" in item:
-                        await send(
-                            {"type": "chunk", "message_id": event.message_id, "text": item["chunk"]}
-                        )
-                    else:
-                        await send(reply_json(item["reply"]))
-            except (WebSocketDisconnect, RuntimeError):
-                pass
-            except Exception:
-                log.exception("dashboard chat turn failed event=%s", event.message_id)
-                await send(
-                    {"type": "error", "message_id": event.message_id, "message": "internal error"}
-                )
-
-        try:
-            while True:
-                raw = await ws.receive_text()
-                try:
-                    data = json.loads(raw)
-                    if not isinstance(data, dict) or data.get("type", "message") != "message":
-                        raise BadRequest('expected {"type": "message", ...}')
-                    data["session"] = _chat_id(ws, str(data.get("session") or "main"))
-                    data.setdefault("message_id", uuid.uuid4().hex)
-                    event = parse_message(data, backend.cfg.webchat.max_message_chars)
-                except (ValueError, BadRequest) as exc:
-                    msg = str(exc) if isinstance(exc, BadRequest) else "not valid JSON"
-                    await send({"type": "error", "message": msg})
-                    continue
-                task = asyncio.create_task(turn(event))
-                tasks.add(task)
-                task.add_done_callback(tasks.discard)
-        except WebSocketDisconnect:
-            pass
-        finally:
-            for task in tasks:
-                task.cancel()
+        await serve_chat_socket(ws, backend.stream, parse)
 
     return [
         Route("/api/status", status, methods=["GET"]),

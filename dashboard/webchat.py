@@ -53,6 +53,7 @@ __all__ = [
     "parse_message",
     "read_body",
     "reply_json",
+    "serve_chat_socket",
 ]
 
 log = logging.getLogger(__name__)
@@ -179,6 +180,70 @@ def reply_json(reply: Reply) -> dict[str, Any]:
     }
 
 
+async def serve_chat_socket(
+    ws: WebSocket,
+    stream: Callable[[Event], AsyncIterator[dict[str, Any]]],
+    parse: Callable[[dict[str, Any]], Event],
+    *,
+    on_event: Callable[[Event, Callable[[dict[str, Any]], Awaitable[None]]], Awaitable[None]]
+    | None = None,
+) -> None:
+    """Serve one accepted chat WebSocket until the client leaves: each message frame is
+    parsed (a bad one gets an ``error`` frame, the socket stays), its turn streams back
+    as ``chunk`` frames and one ``reply`` frame, and several turns may run at once.
+    Turns still running when the client leaves are cancelled here; they are committed
+    by the host all the same, and a resend of the message id gets the stored reply."""
+    lock = asyncio.Lock()
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def send(obj: dict[str, Any]) -> None:
+        async with lock:
+            await ws.send_text(json.dumps(obj))
+
+    async def turn(event: Event) -> None:
+        try:
+            async for item in stream(event):
+                if "chunk" in item:
+                    await send(
+                        {"type": "chunk", "message_id": event.message_id, "text": item["chunk"]}
+                    )
+                else:
+                    await send(reply_json(item["reply"]))
+        except (WebSocketDisconnect, RuntimeError):
+            pass  # the client left; the turn is committed and can be fetched again
+        except Exception:
+            log.exception("chat turn failed event=%s", event.message_id)
+            await send(
+                {"type": "error", "message_id": event.message_id, "message": "internal error"}
+            )
+
+    try:
+        while True:
+            raw = await ws.receive_text()
+            if len(raw) > MAX_VOICE_BODY:
+                await send({"type": "error", "message": "message too large"})
+                continue
+            try:
+                data = json.loads(raw)
+                if not isinstance(data, dict) or data.get("type", "message") != "message":
+                    raise BadRequest('expected {"type": "message", ...}')
+                event = parse(data)
+            except (ValueError, BadRequest) as exc:
+                msg = str(exc) if isinstance(exc, BadRequest) else "not valid JSON"
+                await send({"type": "error", "message": msg})
+                continue
+            if on_event is not None:
+                await on_event(event, send)
+            task = asyncio.create_task(turn(event))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+    except WebSocketDisconnect:
+        pass
+    finally:
+        for task in tasks:
+            task.cancel()
+
+
 async def read_body(request: Request, limit: int) -> bytes | None:
     """The request body, or None when it is over ``limit`` (read no further)."""
     declared = request.headers.get("content-length")
@@ -256,60 +321,21 @@ def create_app(
             await ws.close(code=4401, reason="missing or wrong token")
             return
         await ws.accept()
-        send_lock = asyncio.Lock()
-        tasks: set[asyncio.Task[None]] = set()
-        sessions: set[str] = set()
+        sessions: dict[str, Callable[[dict[str, Any]], Awaitable[None]]] = {}
 
-        async def send(obj: dict[str, Any]) -> None:
-            async with send_lock:
-                await ws.send_text(json.dumps(obj))
-
-        async def turn(event: Event) -> None:
-            try:
-                async for item in backend.stream(event):
-                    if "chunk" in item:
-                        await send(
-                            {"type": "chunk", "message_id": event.message_id, "text": item["chunk"]}
-                        )
-                    else:
-                        await send(reply_json(item["reply"]))
-            except (WebSocketDisconnect, RuntimeError):
-                pass  # the client left; the turn is committed and can be fetched again
-            except Exception:
-                log.exception("web chat turn failed event=%s", event.message_id)
-                await send(
-                    {"type": "error", "message_id": event.message_id, "message": "internal error"}
-                )
+        async def on_event(event: Event, send: Callable[[dict[str, Any]], Awaitable[None]]) -> None:
+            if event.chat_id not in sessions:  # messages the bot sends on its own come here
+                sessions[event.chat_id] = send
+                backend.outbox.subscribe(event.chat_id, send)
+                for item in backend.outbox.take(event.chat_id):
+                    await send(item)
 
         try:
-            while True:
-                raw = await ws.receive_text()
-                if len(raw) > MAX_VOICE_BODY:
-                    await send({"type": "error", "message": "message too large"})
-                    continue
-                try:
-                    data = json.loads(raw)
-                    if not isinstance(data, dict) or data.get("type", "message") != "message":
-                        raise BadRequest('expected {"type": "message", ...}')
-                    event = parse_message(data, max_chars)
-                except (ValueError, BadRequest) as exc:
-                    msg = str(exc) if isinstance(exc, BadRequest) else "not valid JSON"
-                    await send({"type": "error", "message": msg})
-                    continue
-                if event.chat_id not in sessions:
-                    sessions.add(event.chat_id)
-                    backend.outbox.subscribe(event.chat_id, send)
-                    for item in backend.outbox.take(event.chat_id):
-                        await send(item)
-                task = asyncio.create_task(turn(event))
-                tasks.add(task)
-                task.add_done_callback(tasks.discard)
-        except WebSocketDisconnect:
-            pass
+            await serve_chat_socket(
+                ws, backend.stream, lambda data: parse_message(data, max_chars), on_event=on_event
+            )
         finally:
-            for task in tasks:
-                task.cancel()
-            for session in sessions:
+            for session, send in sessions.items():
                 backend.outbox.unsubscribe(session, send)
 
     return Starlette(

@@ -79,8 +79,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     forty actor processes pinging, polling and logging), everything after it runs on a
     busier machine: core tests took ~4 s each after the actor tests, 0.2 s before."""
     items.sort(
-        key=lambda item: item.nodeid.startswith("tests/actors/")
-        or "ray_cluster" in getattr(item, "fixturenames", ())
+        key=lambda item: (
+            item.nodeid.startswith("tests/actors/")
+            or "ray_cluster" in getattr(item, "fixturenames", ())
+        )
     )
 
 
