@@ -89,8 +89,9 @@ def config_routes(backend: Any) -> list[BaseRoute]:
         cfg = await asyncio.to_thread(change, file())
         return await backend.apply(cfg)
 
-    def masked() -> dict[str, Any]:
-        data: dict[str, Any] = file().masked()
+    async def masked() -> dict[str, Any]:
+        """The file's config with secrets masked (read and parsed off the event loop)."""
+        data: dict[str, Any] = await asyncio.to_thread(file().masked)
         return data
 
     # -- providers ------------------------------------------------------------------------
@@ -102,11 +103,11 @@ def config_routes(backend: Any) -> list[BaseRoute]:
           200:
             description: providers and fallback
         """
-        data = masked()
+        data = await masked()
         return JSONResponse({"providers": data.get("providers", []), "fallback": data["fallback"]})
 
-    def provider_view(pid: str) -> dict[str, Any]:
-        found: dict[str, Any] = next(p for p in masked()["providers"] if p["id"] == pid)
+    async def provider_view(pid: str) -> dict[str, Any]:
+        found: dict[str, Any] = next(p for p in (await masked())["providers"] if p["id"] == pid)
         return found
 
     async def add_provider(request: Request) -> Response:
@@ -126,7 +127,8 @@ def config_routes(backend: Any) -> list[BaseRoute]:
             raise _Refused("body must be a JSON object")
         applied = await edit(lambda f: f.upsert_provider(data, create=True))
         return JSONResponse(
-            {"provider": provider_view(str(data.get("id"))), "applied": applied}, status_code=201
+            {"provider": await provider_view(str(data.get("id"))), "applied": applied},
+            status_code=201,
         )
 
     async def change_provider(request: Request) -> Response:
@@ -145,7 +147,7 @@ def config_routes(backend: Any) -> list[BaseRoute]:
             raise _Refused("body must be a JSON object")
         data = {**data, "id": pid}
         applied = await edit(lambda f: f.upsert_provider(data, create=False))
-        return JSONResponse({"provider": provider_view(pid), "applied": applied})
+        return JSONResponse({"provider": await provider_view(pid), "applied": applied})
 
     async def delete_provider(request: Request) -> Response:
         """Remove a provider.
@@ -172,7 +174,7 @@ def config_routes(backend: Any) -> list[BaseRoute]:
         if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
             raise _Refused('expected {"fallback": ["id", ...]}', field="fallback")
         applied = await edit(lambda f: f.set_fallback(ids))
-        return JSONResponse({"fallback": masked()["fallback"], "applied": applied})
+        return JSONResponse({"fallback": (await masked())["fallback"], "applied": applied})
 
     async def test_provider(request: Request) -> Response:
         """Test a provider with one short request.
@@ -185,7 +187,7 @@ def config_routes(backend: Any) -> list[BaseRoute]:
         from astr_ray.providers.transport import make_transport
 
         pid = request.path_params["id"]
-        cfg: Config = file().load()
+        cfg: Config = await asyncio.to_thread(file().load)
         found = [p for p in cfg.providers if p.id == pid]
         if not found:
             raise _Refused(f"no provider {pid!r}", 404)
@@ -224,11 +226,11 @@ def config_routes(backend: Any) -> list[BaseRoute]:
             raise _Refused("body must be a JSON object")
         applied = await edit(lambda f: f.upsert_platform(data, create=True))
         return JSONResponse(
-            {"platform": platform_view(str(data.get("id"))), "applied": applied}, 201
+            {"platform": await platform_view(str(data.get("id"))), "applied": applied}, 201
         )
 
-    def platform_view(aid: str) -> dict[str, Any]:
-        found: dict[str, Any] = next(p for p in masked()["platforms"] if p["id"] == aid)
+    async def platform_view(aid: str) -> dict[str, Any]:
+        found: dict[str, Any] = next(p for p in (await masked())["platforms"] if p["id"] == aid)
         return found
 
     async def change_platform(request: Request) -> Response:
@@ -245,7 +247,7 @@ def config_routes(backend: Any) -> list[BaseRoute]:
             raise _Refused("body must be a JSON object")
         data = {**data, "id": aid}
         applied = await edit(lambda f: f.upsert_platform(data, create=False))
-        return JSONResponse({"platform": platform_view(aid), "applied": applied})
+        return JSONResponse({"platform": await platform_view(aid), "applied": applied})
 
     async def delete_platform(request: Request) -> Response:
         """Remove a chat account.
@@ -364,7 +366,7 @@ def config_routes(backend: Any) -> list[BaseRoute]:
           200:
             description: the config
         """
-        return JSONResponse(masked())
+        return JSONResponse(await masked())
 
     async def put_config(request: Request) -> Response:
         """Replace one section of the config.
@@ -381,7 +383,7 @@ def config_routes(backend: Any) -> list[BaseRoute]:
             raise _Refused('expected {"section": "<name>", "value": ...}', field="section")
         section, value = data["section"], data.get("value")
         applied = await edit(lambda f: f.set_section(section, value))
-        return JSONResponse({"config": masked(), "applied": applied})
+        return JSONResponse({"config": await masked(), "applied": applied})
 
     return [
         Route("/api/providers", guarded(providers), methods=["GET"]),

@@ -90,7 +90,7 @@ def runtime_routes(backend: Any) -> list[BaseRoute]:
             description: the accounts
         """
         health = {p["id"]: p for p in await backend.platforms()}
-        masked = backend.config_file.masked() if backend.config_file else {}
+        masked = await asyncio.to_thread(backend.config_file.masked) if backend.config_file else {}
         configured = {p["id"]: p for p in masked.get("platforms", [])}
         out = []
         for pid in dict.fromkeys([*configured, *health]):

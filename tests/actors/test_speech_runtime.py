@@ -129,7 +129,8 @@ async def test_tts_on_makes_replies_spoken_and_off_stops_it(
     # "echo: tell me something short (turn 3)": about seven words, a few seconds.
     assert 1.0 < seconds < 10, seconds
     heard = await SpeechClient(runtime.cfg).transcribe(audio, None)
-    assert "something short" in " ".join(words(heard.text))
+    # It speaks the reply (tiny.en hears MP3 less surely than Opus: a few anchor words).
+    assert {"tell", "me", "something"} <= set(words(heard.text)), heard.text
 
     await chat.ask(session, "/tts off")
     quiet = await chat.ask(session, "and now?")
