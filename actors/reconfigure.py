@@ -84,7 +84,12 @@ async def reconfigure(sup: Any, new: Config) -> dict[str, Any]:
         if pid not in new_p or new_p[pid] != p or not new_p[pid]["enabled"]:
             child = sup.children.get(f"provider-pool-{pid}")
             if child is not None:
-                await sup._retire(child, "removed", "its provider changed in the config")
+                gone = pid not in new_p or not new_p[pid]["enabled"]
+                await sup._retire(
+                    child,
+                    "removed" if gone else "replaced",
+                    "its provider left the config" if gone else "its provider changed",
+                )
     for pid, p in new_p.items():
         if p["enabled"] and f"provider-pool-{pid}" not in sup.children:
             await _start(sup, sup._pool_child(p), "its provider was added in the config", errors)
@@ -97,7 +102,12 @@ async def reconfigure(sup: Any, new: Config) -> dict[str, Any]:
         if aid not in new_a or new_a[aid] != a:
             child = sup.children.get(f"adapter-{aid}")
             if child is not None:
-                await sup._retire(child, "removed", "its account changed in the config")
+                gone = aid not in new_a
+                await sup._retire(
+                    child,
+                    "removed" if gone else "replaced",
+                    "its account left the config" if gone else "its account changed",
+                )
     for aid, a in new_a.items():
         if a["enabled"] and f"adapter-{aid}" not in sup.children:
             await _start(sup, sup._platform_child(aid), "its account is in the config", errors)

@@ -448,10 +448,11 @@ class Supervisor:
     async def _retire(self, child: Child, kind: str, reason: str) -> None:
         """Stop a child for good (a host that owns no shards any more drains first),
         then remove it and free the LLM permits it held."""
-        try:
-            await asyncio.wait_for(child.handle.stop.remote(), 15)
-        except Exception as exc:
-            log.warning("stopping %s: %s", child.name, _first_line(exc))
+        if child.kind in STARTED_KINDS:  # the others have no stop() (pools, directory)
+            try:
+                await asyncio.wait_for(child.handle.stop.remote(), 15)
+            except Exception as exc:
+                log.warning("stopping %s: %s", child.name, _first_line(exc))
         ray.kill(child.handle, no_restart=True)
         self.children.pop(child.name, None)
         await self._release_permits(child.name)

@@ -782,9 +782,11 @@ webchat:
   token: "{token}"           # required by the web chat API and `astr-ray chat`
   max_message_chars: 16000
 
-dashboard:
+dashboard:                   # the web console; log in as admin (astr-ray password)
+  enabled: true
   host: 127.0.0.1
   port: 6185
+  secure_cookies: false      # true when served over HTTPS (behind a proxy)
 
 plugins:
   dir: null                  # default: <data_dir>/plugins
