@@ -5,13 +5,15 @@
 
 import { every, h, showError } from '../ui.js';
 
+// The series of GET /api/metrics/series (dashboard/metrics.py SERIES).
 const TITLES = {
-  messages_in: 'Messages in',
-  messages_out: 'Messages out',
+  messages_in_per_s: 'Messages in (per s)',
+  messages_out_per_s: 'Messages out (per s)',
   turn_p50_ms: 'Turn time p50 (ms)',
   turn_p99_ms: 'Turn time p99 (ms)',
-  errors: 'Errors',
+  errors_per_s: 'Errors (per s)',
   active_sessions: 'Active sessions',
+  mailbox_depth: 'Mailbox depth',
 };
 const SVG = 'http://www.w3.org/2000/svg';
 const W = 320;
