@@ -198,10 +198,11 @@ def test_run_joins_a_cluster_and_a_second_run_reattaches(
                 "providers": [{"id": "p", "model": "openai/m", "api_base": fake_llm.base_url}],
                 "sessions": {"hosts": 1},
                 "webchat": {"port": free_port(), "token": "run-token"},
-                "dashboard": {"port": free_port()},
                 # The shared test Ray's CPUs are the shared tree's: no CPU pools here.
                 "knowledge": {"embedders": 0},
                 "speech": {"tts": {"workers": 0}, "stt": {"workers": 0}},
+                "sandbox": {"executors": 0},
+                "dashboard": {"enabled": False},
                 "runtime": {"namespace": ns, "placement": "any"},
             }
         )
