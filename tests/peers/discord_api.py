@@ -45,9 +45,9 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
+from tests.peers.endless import stream_endless
+
 API = "/api/v10"
-CHUNK = 64 * 1024
-ENDLESS_LIMIT = 256 * 1024 * 1024  # an endless body stops here if nobody hangs up
 VOICE_FLAG = 1 << 13  # MessageFlags.voice (IS_VOICE_MESSAGE)
 EVERYONE_PERMISSIONS = "1071698660929"  # view, send, read history, attach, embed...
 
@@ -545,18 +545,7 @@ class FakeDiscord:
         if body is not None:
             down.sent = len(body)
             return web.Response(body=body, headers=headers)
-        resp = web.StreamResponse(headers=headers)
-        await resp.prepare(request)
-        try:
-            while down.sent < ENDLESS_LIMIT:
-                await resp.write(b"\0" * CHUNK)
-                down.sent += CHUNK
-        except ConnectionError:
-            down.hung_up = True
-        except asyncio.CancelledError:
-            down.hung_up = True
-            raise
-        return resp
+        return await stream_endless(request, headers, down)
 
     # -- REST -----------------------------------------------------------------------------------
     async def _rest(self, request: web.Request) -> web.StreamResponse:

@@ -40,6 +40,8 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from tests.peers.endless import stream_endless
+
 __all__ = ["Call", "Download", "FakeTelegram", "Upload", "mention", "text_mention"]
 
 SENDS = ("sendMessage", "sendPhoto", "sendVoice", "sendDocument")
@@ -59,8 +61,6 @@ STRING_PARAMS = frozenset(
         "file_id",
     }
 )
-CHUNK = 64 * 1024
-ENDLESS_LIMIT = 256 * 1024 * 1024  # an endless body stops here if nobody hangs up
 
 
 @dataclass(frozen=True)
@@ -256,18 +256,7 @@ class FakeTelegram:
         if not found.endless:
             down.sent = len(found.data)
             return web.Response(body=found.data, content_type="application/octet-stream")
-        resp = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
-        await resp.prepare(request)
-        try:
-            while down.sent < ENDLESS_LIMIT:
-                await resp.write(b"\0" * CHUNK)
-                down.sent += CHUNK
-        except ConnectionError:
-            down.hung_up = True
-        except asyncio.CancelledError:
-            down.hung_up = True
-            raise
-        return resp
+        return await stream_endless(request, {"Content-Type": "application/octet-stream"}, down)
 
     # -- the users' side ------------------------------------------------------------------
     async def private(
